@@ -1,0 +1,167 @@
+//! Application state, start-up and shutdown.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
+use crate::store::DynStore;
+use crate::telemetry::Metrics;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: DynStore,
+    pub master_key: MasterKey,
+    pub config: Arc<ServeConfig>,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+}
+
+impl AppState {
+    pub async fn new(config: ServeConfig) -> anyhow::Result<Self> {
+        let url = &config.database.database_url;
+        let store = crate::store::connect(url).await?;
+        let master_key = load_master_key(&config, &store).await?;
+        let limiter = NonZeroU32::new(config.rate_limit).map(|rate| {
+            let burst = config
+                .rate_limit_burst
+                .and_then(NonZeroU32::new)
+                .unwrap_or(rate);
+            Arc::new(governor::RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        Ok(Self {
+            store,
+            master_key,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            limiter,
+        })
+    }
+}
+
+/// Finds the master key and proves it is the one this database was sealed with.
+async fn load_master_key(config: &ServeConfig, store: &DynStore) -> anyhow::Result<MasterKey> {
+    let key = match (&config.master_key, &config.master_key_file) {
+        (Some(text), _) if !text.is_empty() => {
+            MasterKey::parse(text).context("POSTHORN_MASTER_KEY")?
+        }
+        (_, Some(path)) => MasterKey::load_or_create_file(path)?,
+        _ => match crate::store::sqlite_path(&config.database.database_url) {
+            Some(db) => {
+                let mut path = db.into_os_string();
+                path.push(".master-key");
+                MasterKey::load_or_create_file(std::path::Path::new(&path))?
+            }
+            None if config.database.database_url.starts_with("sqlite:") => MasterKey::random(),
+            None => anyhow::bail!(
+                "POSTHORN_MASTER_KEY is required with this database (every node must share it)"
+            ),
+        },
+    };
+    let check = key.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD);
+    let stored = store
+        .meta_insert_if_absent("master_key_check", &check)
+        .await
+        .context("reading the master key check")?;
+    key.open(&stored, KEY_CHECK_AAD).context(
+        "the master key does not match the one this database's secrets were encrypted with",
+    )?;
+    Ok(key)
+}
+
+/// A bound, ready server: the listener is open and the store migrated.
+pub struct Server {
+    listener: TcpListener,
+    router: Router,
+    grace: Duration,
+}
+
+impl Server {
+    pub async fn bind(config: ServeConfig) -> anyhow::Result<Self> {
+        let state = AppState::new(config).await?;
+        crate::bootstrap::run(&state.store, &state.config).await?;
+        let listen = state.config.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        Ok(Self {
+            listener,
+            router: crate::http::router(state),
+            grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets requests in flight finish
+    /// within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let signal = shutdown.clone();
+        let serving = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { signal.cancelled().await });
+        let server = tokio::spawn(async move { serving.await });
+        shutdown.cancelled().await;
+        match tokio::time::timeout(self.grace, server).await {
+            Ok(joined) => joined
+                .context("server task failed")?
+                .context("server failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_secs = self.grace.as_secs(),
+                    "requests still in flight at the end of the grace period"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    tracing::info!(addr = %server.local_addr(), "posthorn listening");
+    server.run(shutdown).await?;
+    tracing::info!("posthorn stopped");
+    Ok(())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub async fn shutdown_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    token.cancel();
+}

@@ -1,0 +1,81 @@
+//! The command line: `serve`, `migrate`, `keys create`, `openapi`.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{DatabaseArgs, LogFormat, ServeConfig};
+use crate::domain::{ApiKey, OrgId, Role};
+
+#[derive(Debug, Parser)]
+#[command(name = "posthorn", version, about = "Self-hosted webhook sender")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "POSTHORN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API and the delivery workers.
+    Serve(ServeConfig),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it (the key alone, one line, on stdout).
+    Create {
+        /// Org the key belongs to (created if it does not exist).
+        #[arg(long)]
+        org: String,
+        /// admin, publisher or standard.
+        #[arg(long)]
+        role: Role,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+/// Runs a parsed command line to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(config) => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::app::shutdown_on_signal(shutdown.clone()));
+            crate::app::serve(config, shutdown).await
+        }
+        Command::Migrate(db) => {
+            crate::store::connect(&db.database_url).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Create {
+            org,
+            role,
+            name,
+            database,
+        }) => {
+            let org = OrgId::parse(&org).map_err(anyhow::Error::msg)?;
+            let store = crate::store::connect(&database.database_url).await?;
+            let key = ApiKey::generate();
+            crate::bootstrap::create_key(&store, &org, role, name, &key).await?;
+            println!("{}", key.expose());
+            Ok(())
+        }
+        Command::Openapi => {
+            println!("{}", crate::http::openapi_json());
+            Ok(())
+        }
+    }
+}

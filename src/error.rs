@@ -1,0 +1,149 @@
+//! The one error type of the HTTP API and its single mapping to responses.
+//!
+//! Policy: every non-2xx response carries the contract's `{"message", "code"}` body.
+//! Client errors name the offending field; server errors are opaque to the client and
+//! their cause is logged once, here, with its `source()` chain.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// An error answered to an API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: a field is missing.
+    #[error("{0} is required")]
+    RequiredField(String),
+    /// 400: a field is present but not acceptable; the message names it.
+    #[error("{0}")]
+    InvalidField(String),
+    /// 400: the body is not JSON, or not the JSON shape expected.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// 401: no key, unknown key, revoked key.
+    #[error("access is unauthorized")]
+    Unauthorized,
+    /// 403: the key's role may not do this.
+    #[error("insufficient permissions")]
+    Forbidden,
+    /// 404: nothing of that id in the caller's org.
+    #[error("Requested resource does not exist")]
+    NotFound,
+    /// 405: the path exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: the resource already exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// 413: the body is over the configured limit.
+    #[error("request body is larger than the configured limit")]
+    PayloadTooLarge,
+    /// 415: the body is not declared as JSON.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// 429: the key is over its rate limit.
+    #[error("Too many requests. Client has exceeded the rate limit for this endpoint.")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503: the store cannot be reached; nothing was acknowledged.
+    #[error("the service is temporarily unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500: anything else. The cause is logged, never sent.
+    #[error("Server error was encountered")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The body of every non-2xx response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people; names the field at fault.
+    pub message: String,
+    /// Short snake_case value, safe to switch on.
+    pub code: String,
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, why: impl std::fmt::Display) -> Self {
+        Self::InvalidField(format!("{field} {why}"))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::RequiredField(_) | Self::InvalidField(_) | Self::InvalidJson(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::AlreadyExists(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RequiredField(_) => "required_field",
+            Self::InvalidField(_) => "invalid_field",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "resource_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "server_error",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::Conflict(what) => Self::AlreadyExists(what),
+            StoreError::Unavailable(e) => Self::Unavailable(e),
+            StoreError::Other(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed")
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "store unavailable")
+            }
+            _ => {}
+        }
+        let body = ErrorBody {
+            message: self.to_string(),
+            code: self.code().to_owned(),
+        };
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            Self::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

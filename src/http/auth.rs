@@ -1,0 +1,97 @@
+//! Authentication, authorization and per-key rate limiting, as one extractor.
+//!
+//! Policy: `Authorization: Basic <key>` (the raw key, as Fullstory does) or
+//! `Bearer <key>`. The key is hashed and looked up on every request, so a revoked key
+//! answers 401 at once. Roles are checked by the handler's extractor type, so a
+//! handler's signature says who may call it.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use governor::clock::{Clock, DefaultClock};
+
+use crate::app::AppState;
+use crate::domain::{ApiKey, OrgId, Role};
+use crate::error::ApiError;
+use crate::store::ApiKeyRecord;
+
+/// Which roles may call an operation.
+pub trait Policy: Send + Sync {
+    fn allows(role: Role) -> bool;
+}
+
+/// Admin keys only.
+pub struct AdminOnly;
+impl Policy for AdminOnly {
+    fn allows(role: Role) -> bool {
+        role == Role::Admin
+    }
+}
+
+/// Admin and publisher keys.
+pub struct Publishers;
+impl Policy for Publishers {
+    fn allows(role: Role) -> bool {
+        matches!(role, Role::Admin | Role::Publisher)
+    }
+}
+
+/// Any valid key (reading the event catalog).
+pub struct AnyRole;
+impl Policy for AnyRole {
+    fn allows(_: Role) -> bool {
+        true
+    }
+}
+
+/// The authenticated caller, allowed by policy `P`.
+pub struct Authorized<P> {
+    pub key: ApiKeyRecord,
+    _policy: PhantomData<P>,
+}
+
+impl<P> Authorized<P> {
+    pub fn org(&self) -> &OrgId {
+        &self.key.org_id
+    }
+}
+
+fn presented_key(parts: &Parts) -> Option<ApiKey> {
+    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, raw) = header.split_once(' ')?;
+    let raw = raw.trim();
+    let known = scheme.eq_ignore_ascii_case("basic") || scheme.eq_ignore_ascii_case("bearer");
+    (known && !raw.is_empty()).then(|| ApiKey::from_raw(raw))
+}
+
+impl<P: Policy> FromRequestParts<AppState> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = presented_key(parts).ok_or(ApiError::Unauthorized)?;
+        let hash = key.hash();
+        let record = state
+            .store
+            .find_api_key(&hash)
+            .await?
+            .filter(|r| r.revoked.is_none() && r.hash.ct_eq(&hash))
+            .ok_or(ApiError::Unauthorized)?;
+        if let Some(limiter) = &state.limiter {
+            if let Err(not_until) = limiter.check_key(&record.id) {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(ApiError::TooManyRequests {
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                });
+            }
+        }
+        if !P::allows(record.role) {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(Self {
+            key: record,
+            _policy: PhantomData,
+        })
+    }
+}

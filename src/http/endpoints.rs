@@ -1,0 +1,241 @@
+//! The five Fullstory endpoint operations (CONTRACT §3).
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::auth::{AdminOnly, Authorized};
+use super::catalog::{validate_subscriptions, EventTypeInput};
+use super::input::{JsonBody, QueryParams};
+use super::pagination::{self, PageParams};
+use super::{Empty, ErrorBody};
+use crate::app::AppState;
+use crate::domain::{EndpointId, EndpointUrl, EventTypeRef, OrgId, Secret, Timestamp};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{EndpointPatch, EndpointRecord, NewEndpoint};
+
+pub const MAX_PAGE: u32 = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_endpoint, list_endpoints))
+        .routes(routes!(get_endpoint, update_endpoint, delete_endpoint))
+}
+
+/// An endpoint as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Unpadded base64url of `url`.
+    pub id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub modified: Timestamp,
+    pub enabled: bool,
+    pub url: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub event_types: Vec<EventTypeRef>,
+    /// Only in the answer to a Create that minted the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<EndpointRecord> for Endpoint {
+    fn from(r: EndpointRecord) -> Self {
+        Self {
+            id: EndpointId::for_url(&r.url).as_str().to_owned(),
+            created: r.created,
+            modified: r.modified,
+            enabled: r.enabled,
+            url: r.url,
+            event_types: r.event_types,
+            secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointList {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_pagination_token: Option<String>,
+}
+
+/// Create body. Every field is also accepted in snake_case.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateEndpointBody {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<EventTypeInput>>,
+    pub secret: Option<String>,
+}
+
+/// Update body: an absent or empty field is left as it is; the endpoint is enabled
+/// unless `disabled` is true.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateEndpointBody {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<EventTypeInput>>,
+    pub secret: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// Parses a URL and applies the SSRF rule unless private targets are allowed.
+async fn checked_url(state: &AppState, raw: &str) -> ApiResult<EndpointUrl> {
+    let url = EndpointUrl::parse(raw).map_err(|e| ApiError::invalid("url", e))?;
+    if !state.config.allow_private_targets {
+        url.check_public()
+            .await
+            .map_err(|e| ApiError::invalid("url", e))?;
+    }
+    Ok(url)
+}
+
+fn parse_secret(raw: &str) -> ApiResult<Secret> {
+    Secret::parse(raw).map_err(|e| ApiError::invalid("secret", e))
+}
+
+/// The URL an endpoint id stands for; an id that decodes to nothing names nothing.
+fn url_of(id: &str) -> ApiResult<String> {
+    EndpointId::from_raw(id).url().ok_or(ApiError::NotFound)
+}
+
+/// Create Endpoint
+#[utoipa::path(post, path = "/endpoints", tag = "endpoints",
+    request_body = CreateEndpointBody,
+    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn create_endpoint(
+    State(state): State<AppState>,
+    caller: Authorized<AdminOnly>,
+    JsonBody(body): JsonBody<CreateEndpointBody>,
+) -> ApiResult<Json<Endpoint>> {
+    let org = caller.org();
+    let raw_url = non_empty(body.url).ok_or_else(|| ApiError::RequiredField("url".into()))?;
+    let url = checked_url(&state, &raw_url).await?;
+    let event_types =
+        validate_subscriptions(&state, org, body.event_types.unwrap_or_default()).await?;
+    let (secret, minted) = match non_empty(body.secret) {
+        Some(raw) => (parse_secret(&raw)?, false),
+        None => (Secret::generate(), true),
+    };
+    let record = state
+        .store
+        .create_endpoint(&NewEndpoint {
+            org_id: org.clone(),
+            url: url.as_str().to_owned(),
+            event_types,
+            sealed_secret: state.master_key.seal_secret(org, &secret),
+            now: Timestamp::now(),
+        })
+        .await?;
+    let mut view = Endpoint::from(record);
+    view.secret = minted.then(|| secret.expose().to_owned());
+    Ok(Json(view))
+}
+
+/// List Endpoints
+#[utoipa::path(get, path = "/endpoints", tag = "endpoints", params(PageParams),
+    responses((status = 200, body = EndpointList), (status = 400, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn list_endpoints(
+    State(state): State<AppState>,
+    caller: Authorized<AdminOnly>,
+    QueryParams(params): QueryParams<PageParams>,
+) -> ApiResult<Json<EndpointList>> {
+    let (after, limit) = params.resolve("e", MAX_PAGE)?;
+    let page = state
+        .store
+        .list_endpoints(caller.org(), after, limit)
+        .await?;
+    Ok(Json(EndpointList {
+        endpoints: page.items.into_iter().map(Endpoint::from).collect(),
+        next_pagination_token: page.next_after.map(|seq| pagination::encode("e", seq)),
+    }))
+}
+
+async fn load(state: &AppState, org: &OrgId, id: &str) -> ApiResult<EndpointRecord> {
+    Ok(state.store.get_endpoint(org, &url_of(id)?).await?)
+}
+
+/// Get Endpoint
+#[utoipa::path(get, path = "/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    caller: Authorized<AdminOnly>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Endpoint>> {
+    Ok(Json(load(&state, caller.org(), &id).await?.into()))
+}
+
+/// Update Endpoint (POST, as Fullstory does)
+#[utoipa::path(post, path = "/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "Endpoint id")),
+    request_body = UpdateEndpointBody,
+    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn update_endpoint(
+    State(state): State<AppState>,
+    caller: Authorized<AdminOnly>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateEndpointBody>,
+) -> ApiResult<Json<Endpoint>> {
+    let org = caller.org();
+    let current_url = url_of(&id)?;
+    let url = match non_empty(body.url) {
+        Some(raw) => Some(checked_url(&state, &raw).await?.as_str().to_owned()),
+        None => None,
+    };
+    let event_types = match body.event_types.filter(|v| !v.is_empty()) {
+        Some(refs) => Some(validate_subscriptions(&state, org, refs).await?),
+        None => None,
+    };
+    let sealed_secret = match non_empty(body.secret) {
+        Some(raw) => Some(state.master_key.seal_secret(org, &parse_secret(&raw)?)),
+        None => None,
+    };
+    let patch = EndpointPatch {
+        url,
+        event_types,
+        sealed_secret,
+        enabled: body.disabled != Some(true),
+        now: Timestamp::now(),
+    };
+    let record = state
+        .store
+        .update_endpoint(org, &current_url, &patch)
+        .await?;
+    Ok(Json(record.into()))
+}
+
+/// Delete Endpoint
+#[utoipa::path(delete, path = "/endpoints/{id}", tag = "endpoints",
+    params(("id" = String, Path, description = "Endpoint id")),
+    responses((status = 200, body = Empty), (status = 404, body = ErrorBody)),
+    security(("api_key" = [])))]
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    caller: Authorized<AdminOnly>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Empty>> {
+    let url = url_of(&id)?;
+    state
+        .store
+        .delete_endpoint(caller.org(), &url, Timestamp::now())
+        .await?;
+    Ok(Json(Empty {}))
+}

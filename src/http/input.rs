@@ -1,0 +1,184 @@
+//! Request input: JSON bodies and query strings in the contract's conventions.
+//!
+//! Policy: every field and query parameter is accepted in lowerCamelCase and in
+//! snake_case; both forms of one field in one request is a 400. Unknown fields are
+//! ignored. Opaque user payloads (`data`) are passed through untouched. A body that is
+//! empty counts as `{}`. Every failure is a 4xx in the `{message, code}` form.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Object keys whose values are user data, never renamed.
+const OPAQUE: &[&str] = &["data"];
+
+/// `event_types` → `eventTypes`; a name without underscores is returned as it is.
+pub fn to_camel(key: &str) -> String {
+    if !key.contains('_') {
+        return key.to_owned();
+    }
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for (i, c) in key.chars().enumerate() {
+        if c == '_' && i > 0 {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Renames every key of `value` to lowerCamelCase, refusing a field given twice.
+pub fn normalize(value: Value) -> Result<Value, ApiError> {
+    match value {
+        Value::Object(map) => {
+            let mut out = Map::with_capacity(map.len());
+            let mut original: Vec<(String, String)> = Vec::new();
+            for (key, v) in map {
+                let camel = to_camel(&key);
+                if let Some((_, first)) = original.iter().find(|(c, _)| *c == camel) {
+                    return Err(ApiError::InvalidField(format!(
+                        "{camel} is given twice (as {first} and as {key}); give one"
+                    )));
+                }
+                let v = if OPAQUE.contains(&camel.as_str()) {
+                    v
+                } else {
+                    normalize(v)?
+                };
+                original.push((camel.clone(), key));
+                out.insert(camel, v);
+            }
+            Ok(Value::Object(out))
+        }
+        Value::Array(items) => items
+            .into_iter()
+            .map(normalize)
+            .collect::<Result<_, _>>()
+            .map(Value::Array),
+        other => Ok(other),
+    }
+}
+
+/// Deserializes a normalized value, naming the field that did not fit.
+fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path.is_empty() || path == "." {
+            ApiError::InvalidField(inner)
+        } else {
+            ApiError::InvalidField(format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A JSON request body, normalized and deserialized into `T`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            if !ct.to_str().is_ok_and(is_json) {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::InvalidJson("could not read the request body".into())
+            }
+        })?;
+        let value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Object(Map::new())
+        } else {
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+                ApiError::InvalidJson(format!("request body is not valid JSON: {e}"))
+            })?
+        };
+        if !value.is_object() {
+            return Err(ApiError::InvalidJson(
+                "request body must be a JSON object".into(),
+            ));
+        }
+        from_value(normalize(value)?).map(JsonBody)
+    }
+}
+
+/// Query parameters, normalized like body fields and deserialized into `T` (whose
+/// fields should be strings: numbers are parsed by the handler, which can name them).
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut map = Map::new();
+        let mut original: Vec<(String, String)> = Vec::new();
+        for (key, value) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        {
+            let camel = to_camel(&key);
+            if let Some((_, first)) = original.iter().find(|(c, _)| *c == camel) {
+                return Err(ApiError::InvalidField(format!(
+                    "query parameter {camel} is given twice (as {first} and as {key}); give one"
+                )));
+            }
+            original.push((camel.clone(), key.into_owned()));
+            map.insert(camel, Value::String(value.into_owned()));
+        }
+        from_value(Value::Object(map)).map(QueryParams)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn camel_cases_snake_keys() {
+        assert_eq!(to_camel("event_types"), "eventTypes");
+        assert_eq!(to_camel("pagination_token"), "paginationToken");
+        assert_eq!(to_camel("eventTypes"), "eventTypes");
+    }
+
+    #[test]
+    fn normalizes_nested_but_not_data() {
+        let v = normalize(json!({"event_types": [{"event_name": "a"}], "data": {"a_b": 1}}))
+            .expect("ok");
+        assert_eq!(
+            v,
+            json!({"eventTypes": [{"eventName": "a"}], "data": {"a_b": 1}})
+        );
+    }
+
+    #[test]
+    fn refuses_both_forms() {
+        assert!(normalize(json!({"eventTypes": [], "event_types": []})).is_err());
+        assert!(normalize(json!({"e": [{"eventName": "a", "event_name": "b"}]})).is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! Opaque pagination tokens and `limit` handling.
+//!
+//! A token is base64url of `<list kind>.<last sequence number>`; lists are keyset
+//! paginated, so a token stays valid however long it is kept.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size; defaults to and is clamped at the list's maximum.
+    #[param(value_type = Option<u32>)]
+    pub limit: Option<String>,
+    /// `nextPaginationToken` of the previous page.
+    pub pagination_token: Option<String>,
+}
+
+impl PageParams {
+    /// The sequence number to start after and the page size.
+    pub fn resolve(&self, kind: &str, max: u32) -> Result<(Option<i64>, u32), ApiError> {
+        let limit = match self.limit.as_deref().map(str::trim) {
+            None | Some("") => max,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if n < 0 => return Err(ApiError::invalid("limit", "must not be negative")),
+                Ok(0) => max,
+                Ok(n) => n.min(i64::from(max)) as u32,
+                Err(_) => return Err(ApiError::invalid("limit", "must be a whole number")),
+            },
+        };
+        let after = match self.pagination_token.as_deref() {
+            None | Some("") => None,
+            Some(token) => Some(decode(kind, token).ok_or_else(|| {
+                ApiError::invalid("paginationToken", "is not a token this list issued")
+            })?),
+        };
+        Ok((after, limit))
+    }
+}
+
+pub fn encode(kind: &str, seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}.{seq}"))
+}
+
+fn decode(kind: &str, token: &str) -> Option<i64> {
+    let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (k, seq) = text.split_once('.')?;
+    let seq: i64 = seq.parse().ok()?;
+    (k == kind && seq >= 0).then_some(seq)
+}

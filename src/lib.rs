@@ -1,0 +1,13 @@
+//! posthorn: a self-hosted webhook sender whose management API is wire-compatible with
+//! Fullstory's Webhooks API v1. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod app;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod store;
+pub mod telemetry;

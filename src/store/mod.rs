@@ -1,0 +1,219 @@
+//! The store: one trait shaped by what posthorn does, with an embedded SQLite
+//! implementation (and a PostgreSQL one behind the same trait).
+//!
+//! Policy: nothing backend-specific leaks above this module. Timestamps cross it as
+//! [`Timestamp`]s, secrets only in sealed form, keys only as hashes. Listing is keyset
+//! paginated on a per-row sequence number, so paging an unchanging list visits each row
+//! exactly once.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::domain::{EventTypeRef, KeyHash, OrgId, Role, Timestamp};
+
+pub type DynStore = Arc<dyn Store>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule would be broken; the text says which, for the client.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database cannot be reached right now (pool timeout, I/O, restart).
+    #[error("store unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("store error")]
+    Other(#[source] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One page of a keyset-paginated list: `next_after` is the sequence number to pass
+/// back for the next page, absent on the last page.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_after: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub org_id: OrgId,
+    pub role: Role,
+    pub name: Option<String>,
+    pub hash: KeyHash,
+    pub created: Timestamp,
+    pub revoked: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventTypeRecord {
+    pub name: String,
+    pub display_name: String,
+    pub has_subcategories: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubcategoryRecord {
+    pub seq: i64,
+    pub event_name: String,
+    pub token: String,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointRecord {
+    /// Stable internal id: survives URL changes, so delivery history follows it.
+    pub uid: i64,
+    pub org_id: OrgId,
+    pub url: String,
+    pub enabled: bool,
+    pub event_types: Vec<EventTypeRef>,
+    pub sealed_secret: Vec<u8>,
+    pub created: Timestamp,
+    pub modified: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub org_id: OrgId,
+    pub url: String,
+    pub event_types: Vec<EventTypeRef>,
+    pub sealed_secret: Vec<u8>,
+    pub now: Timestamp,
+}
+
+/// An update: `None` leaves a field as it is.
+#[derive(Debug, Clone)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<EventTypeRef>>,
+    pub sealed_secret: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub now: Timestamp,
+}
+
+/// The event types every new org starts with: Fullstory's documented ones.
+pub const DEFAULT_CATALOG: &[(&str, &str, bool)] = &[
+    ("note.created", "Note Created", false),
+    ("segment.created", "Segment Created", false),
+    ("nativemobile.event.crash", "Native Mobile Crash", false),
+    ("segment.trend.alert", "Segment Trend Alert", true),
+    ("metric.alert", "Metric Alert", true),
+    ("recording.event.custom", "Custom Event", true),
+];
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Stores `value` under `key` unless a value is there; returns the stored value.
+    async fn meta_insert_if_absent(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
+
+    // --- orgs and keys ---
+
+    /// Creates the org with the default catalog if it does not exist.
+    async fn ensure_org(&self, org: &OrgId, now: Timestamp) -> StoreResult<()>;
+    async fn count_active_api_keys(&self) -> StoreResult<u64>;
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    /// Makes the key with this hash an active admin key of `org` (bootstrap).
+    async fn upsert_admin_key(&self, key: &ApiKeyRecord) -> StoreResult<()>;
+    async fn find_api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn revoke_api_key(&self, org: &OrgId, id: &str, now: Timestamp) -> StoreResult<()>;
+
+    // --- event catalog ---
+
+    async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<EventTypeRecord>>;
+    async fn get_event_type(&self, org: &OrgId, name: &str)
+        -> StoreResult<Option<EventTypeRecord>>;
+    async fn create_event_type(
+        &self,
+        org: &OrgId,
+        event_type: &EventTypeRecord,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    async fn list_subcategories(
+        &self,
+        org: &OrgId,
+        event_name: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<SubcategoryRecord>>;
+    async fn subcategory_exists(
+        &self,
+        org: &OrgId,
+        event_name: &str,
+        token: &str,
+    ) -> StoreResult<bool>;
+    async fn create_subcategory(
+        &self,
+        org: &OrgId,
+        event_name: &str,
+        token: &str,
+        display_name: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<SubcategoryRecord>;
+
+    // --- endpoints ---
+
+    /// Fails with `Conflict` when the org has a live endpoint with that URL.
+    async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord>;
+    async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord>;
+    async fn list_endpoints(
+        &self,
+        org: &OrgId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<EndpointRecord>>;
+    /// Fails with `NotFound` for an unknown URL and `Conflict` when a new URL is taken.
+    async fn update_endpoint(
+        &self,
+        org: &OrgId,
+        url: &str,
+        patch: &EndpointPatch,
+    ) -> StoreResult<EndpointRecord>;
+    async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()>;
+}
+
+/// Turns a fetch of `limit + 1` rows into a page: the extra row only proves that
+/// another page exists.
+pub(crate) fn paginate<T>(items: &mut Vec<T>, limit: u32, seq: impl Fn(&T) -> i64) -> Page<T> {
+    let limit = limit as usize;
+    let next_after = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(seq)
+    } else {
+        None
+    };
+    Page {
+        items: std::mem::take(items),
+        next_after,
+    }
+}
+
+/// Opens the store named by `url`, applying migrations.
+pub async fn connect(url: &str) -> anyhow::Result<DynStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        anyhow::bail!("the PostgreSQL store is not available in this build yet; use sqlite://FILE")
+    } else {
+        anyhow::bail!("unsupported database URL: expected sqlite://FILE or postgres://...")
+    }
+}
+
+/// The file an SQLite URL names, if it names one (not `:memory:`).
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.into())
+}

@@ -1,0 +1,203 @@
+//! The embedded SQLite store.
+//!
+//! Policy: WAL journal, `synchronous=FULL` (an acknowledged write survives power loss),
+//! foreign keys on. All writes go through a one-connection writer pool and open their
+//! transactions with `BEGIN IMMEDIATE`, so writers queue instead of failing; reads use a
+//! separate pool and never wait for writers. Another process on the same file (the
+//! `keys create` CLI) waits on the busy timeout.
+
+mod catalog;
+mod endpoints;
+mod keys;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+use super::{
+    ApiKeyRecord, EndpointPatch, EndpointRecord, EventTypeRecord, NewEndpoint, Page, Store,
+    StoreError, StoreResult, SubcategoryRecord,
+};
+use crate::domain::{KeyHash, OrgId, Timestamp};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and applies migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| "invalid SQLite database URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("cannot open SQLite database {url}"))?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .context("cannot apply database migrations")?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.read_only(true))
+                .await
+                .with_context(|| format!("cannot open SQLite database {url}"))?
+        };
+        Ok(Self { writer, reader })
+    }
+}
+
+/// Maps a driver error to the store's error kinds.
+pub(super) fn map_err(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(err.into())
+        }
+        other => StoreError::Other(other.into()),
+    }
+}
+
+/// True when `err` is a violation of a UNIQUE or PRIMARY KEY constraint.
+pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.into()))
+    }
+
+    async fn meta_insert_if_absent(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn ensure_org(&self, org: &OrgId, now: Timestamp) -> StoreResult<()> {
+        keys::ensure_org(&self.writer, org, now).await
+    }
+    async fn count_active_api_keys(&self) -> StoreResult<u64> {
+        keys::count_active(&self.reader).await
+    }
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        keys::insert(&self.writer, key).await
+    }
+    async fn upsert_admin_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
+        keys::upsert_admin(&self.writer, key).await
+    }
+    async fn find_api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
+        keys::find(&self.reader, hash).await
+    }
+    async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKeyRecord>> {
+        keys::list(&self.reader, org).await
+    }
+    async fn revoke_api_key(&self, org: &OrgId, id: &str, now: Timestamp) -> StoreResult<()> {
+        keys::revoke(&self.writer, org, id, now).await
+    }
+
+    async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<EventTypeRecord>> {
+        catalog::list_types(&self.reader, org).await
+    }
+    async fn get_event_type(
+        &self,
+        org: &OrgId,
+        name: &str,
+    ) -> StoreResult<Option<EventTypeRecord>> {
+        catalog::get_type(&self.reader, org, name).await
+    }
+    async fn create_event_type(
+        &self,
+        org: &OrgId,
+        event_type: &EventTypeRecord,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        catalog::create_type(&self.writer, org, event_type, now).await
+    }
+    async fn list_subcategories(
+        &self,
+        org: &OrgId,
+        event_name: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<SubcategoryRecord>> {
+        catalog::list_subcategories(&self.reader, org, event_name, after, limit).await
+    }
+    async fn subcategory_exists(
+        &self,
+        org: &OrgId,
+        event_name: &str,
+        token: &str,
+    ) -> StoreResult<bool> {
+        catalog::subcategory_exists(&self.reader, org, event_name, token).await
+    }
+    async fn create_subcategory(
+        &self,
+        org: &OrgId,
+        event_name: &str,
+        token: &str,
+        display_name: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<SubcategoryRecord> {
+        catalog::create_subcategory(&self.writer, org, event_name, token, display_name, now).await
+    }
+
+    async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
+        endpoints::create(&self.writer, new).await
+    }
+    async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
+        endpoints::get(&self.reader, org, url).await
+    }
+    async fn list_endpoints(
+        &self,
+        org: &OrgId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Page<EndpointRecord>> {
+        endpoints::list(&self.reader, org, after, limit).await
+    }
+    async fn update_endpoint(
+        &self,
+        org: &OrgId,
+        url: &str,
+        patch: &EndpointPatch,
+    ) -> StoreResult<EndpointRecord> {
+        endpoints::update(&self.writer, org, url, patch).await
+    }
+    async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
+        endpoints::delete(&self.writer, org, url, now).await
+    }
+}
