@@ -1,0 +1,25 @@
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn create_then_get_an_endpoint() {
+    let app = spawn_app().await;
+    let created = app
+        .post(
+            "/webhooks/v1/endpoints",
+            &json!({"url": "https://example.com/fullstory-webhooks"}),
+        )
+        .await;
+    assert_eq!(created.status, 200, "{}", created.text);
+    assert_eq!(
+        created.body["id"],
+        "aHR0cHM6Ly9leGFtcGxlLmNvbS9mdWxsc3Rvcnktd2ViaG9va3M"
+    );
+    let got = app
+        .get("/webhooks/v1/endpoints/aHR0cHM6Ly9leGFtcGxlLmNvbS9mdWxsc3Rvcnktd2ViaG9va3M")
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body["url"], "https://example.com/fullstory-webhooks");
+    assert!(got.body.get("secret").is_none());
+}
