@@ -9,10 +9,13 @@ use anyhow::Context;
 use axum::Router;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
+use crate::delivery::Engine;
+use crate::domain::Timestamp;
 use crate::store::DynStore;
 use crate::telemetry::Metrics;
 
@@ -24,6 +27,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub metrics: Arc<Metrics>,
     pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Wakes the delivery dispatcher when work was queued.
+    pub wake: Arc<Notify>,
 }
 
 impl AppState {
@@ -46,6 +51,7 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             limiter,
+            wake: Arc::new(Notify::new()),
         })
     }
 }
@@ -84,21 +90,38 @@ async fn load_master_key(config: &ServeConfig, store: &DynStore) -> anyhow::Resu
 pub struct Server {
     listener: TcpListener,
     router: Router,
+    engine: Arc<Engine>,
     grace: Duration,
 }
 
 impl Server {
     pub async fn bind(config: ServeConfig) -> anyhow::Result<Self> {
         let state = AppState::new(config).await?;
-        crate::bootstrap::run(&state.store, &state.config).await?;
+        // Listen before the first-start key is minted, so that a busy port does not
+        // print a key that is never usable through this start.
         let listen = state.config.listen;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        crate::bootstrap::run(&state.store, &state.config).await?;
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        if state.config.database.database_url.starts_with("sqlite:") {
+            // One process serves an SQLite file: leases left by a previous process that
+            // died are void, so its work is taken up at once instead of after the lease.
+            state.store.expire_leases(Timestamp::now()).await?;
+        }
+        let engine = Arc::new(Engine::new(
+            state.store.clone(),
+            state.master_key.clone(),
+            state.config.delivery.clone(),
+            state.config.allow_private_targets,
+            state.metrics.clone(),
+            state.wake.clone(),
+        )?);
         Ok(Self {
             listener,
             router: crate::http::router(state),
+            engine,
             grace,
         })
     }
@@ -109,15 +132,17 @@ impl Server {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until `shutdown` is cancelled, then lets requests in flight finish
-    /// within the grace period.
+    /// Serves and delivers until `shutdown` is cancelled, then lets requests and
+    /// attempts in flight finish within the grace period (unfinished attempts are
+    /// released to be made again).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let delivering = self.engine.spawn(shutdown.clone(), self.grace);
         let signal = shutdown.clone();
         let serving = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { signal.cancelled().await });
         let server = tokio::spawn(async move { serving.await });
         shutdown.cancelled().await;
-        match tokio::time::timeout(self.grace, server).await {
+        let served = match tokio::time::timeout(self.grace, server).await {
             Ok(joined) => joined
                 .context("server task failed")?
                 .context("server failed"),
@@ -128,7 +153,9 @@ impl Server {
                 );
                 Ok(())
             }
-        }
+        };
+        delivering.await.context("delivery engine failed")?;
+        served
     }
 }
 

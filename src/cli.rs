@@ -17,6 +17,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only complicate clap's derive"
+)]
 pub enum Command {
     /// Run the API and the delivery workers.
     Serve(ServeConfig),
@@ -27,6 +31,21 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Run a local receiver that prints each delivery and checks its signatures.
+    Listen {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// The endpoint's secret.
+        #[arg(long, env = "POSTHORN_LISTEN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Require this org id in `Fullstory-Signature`.
+        #[arg(long)]
+        org: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +92,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.expose());
             Ok(())
         }
+        Command::Listen {
+            port,
+            host,
+            secret,
+            org,
+        } => crate::listen::run(std::net::SocketAddr::new(host, port), &secret, org).await,
         Command::Openapi => {
             println!("{}", crate::http::openapi_json());
             Ok(())

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
@@ -64,6 +65,70 @@ pub struct ServeConfig {
     /// How long in-flight requests get to finish after SIGTERM, in seconds.
     #[arg(long, env = "POSTHORN_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    #[command(flatten)]
+    pub delivery: DeliveryConfig,
+}
+
+/// How events are delivered.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryConfig {
+    /// Delays between attempts after the first (units ms, s, m, h); after the last, the
+    /// delivery is failed.
+    #[arg(
+        long,
+        env = "POSTHORN_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
+    pub retry_schedule: String,
+
+    /// How long one attempt may take, from connecting to the end of the response.
+    #[arg(long, env = "POSTHORN_ATTEMPT_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub attempt_timeout: Duration,
+
+    /// Longest `Retry-After` (on 429 and 503) that is honoured.
+    #[arg(long, env = "POSTHORN_MAX_RETRY_AFTER", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_retry_after: Duration,
+
+    /// Deliveries in flight at once in this process.
+    #[arg(long, env = "POSTHORN_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: u32,
+
+    /// Deliveries in flight at once to one endpoint, in this process.
+    #[arg(
+        long,
+        env = "POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT",
+        default_value_t = 32
+    )]
+    pub max_in_flight_per_endpoint: u32,
+
+    /// How much longer than the attempt timeout a claim lasts before other workers may
+    /// take the delivery over.
+    #[arg(long, env = "POSTHORN_LEASE_MARGIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_margin: Duration,
+
+    /// How often the queue is checked for due retries when nothing wakes the worker.
+    #[arg(long, env = "POSTHORN_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Largest `data` of one published event, in bytes (compact JSON).
+    #[arg(long, env = "POSTHORN_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
+    pub max_payload_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_schedule: "5s,5m,30m,2h,5h,10h,10h".into(),
+            attempt_timeout: Duration::from_secs(15),
+            max_retry_after: Duration::from_secs(3600),
+            max_in_flight: 256,
+            max_in_flight_per_endpoint: 32,
+            lease_margin: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_payload_bytes: 256 * 1024,
+        }
+    }
 }
 
 impl ServeConfig {
@@ -83,6 +148,7 @@ impl ServeConfig {
             rate_limit: 1000,
             rate_limit_burst: None,
             shutdown_grace_secs: 30,
+            delivery: DeliveryConfig::default(),
         }
     }
 }

@@ -13,19 +13,26 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::domain::Timestamp;
+use crate::store::{AttemptRecord, Outcome};
 
 /// Installs the global tracing subscriber. The filter comes from `POSTHORN_LOG`
 /// (default `info`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("POSTHORN_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Colours only on a terminal, never in a file or pipe (and not with NO_COLOR).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -46,10 +53,20 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
+    attempts: Family<OutcomeLabels, Counter>,
+    attempt_duration: Histogram,
+    delivery_latency: Histogram,
+    in_flight: Gauge,
+    queue_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,11 +92,75 @@ impl Metrics {
             "HTTP request latency, by route template",
             latency.clone(),
         );
+        let attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "posthorn_delivery_attempts",
+            "Delivery attempts by outcome (delivered, retry, failed, cancelled)",
+            attempts.clone(),
+        );
+        let attempt_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        registry.register(
+            "posthorn_delivery_attempt_duration_seconds",
+            "Time from sending an attempt to the end of the response",
+            attempt_duration.clone(),
+        );
+        let delivery_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 24));
+        registry.register(
+            "posthorn_delivery_latency_seconds",
+            "Time from publish to the successful attempt",
+            delivery_latency.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "posthorn_deliveries_in_flight",
+            "Attempts in flight in this process",
+            in_flight.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "posthorn_queue_depth",
+            "Pending deliveries in the store (read at scrape time)",
+            queue_depth.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            attempts,
+            attempt_duration,
+            delivery_latency,
+            in_flight,
+            queue_depth,
         }
+    }
+
+    /// Counts an attempt's outcome and, for a delivery, its publish-to-receipt latency.
+    pub fn observe_attempt(&self, record: &AttemptRecord, event_created: Timestamp) {
+        let outcome = match (record.outcome, record.attempt_no) {
+            (_, None) => "cancelled",
+            (Outcome::Delivered, _) => "delivered",
+            (Outcome::Retry { .. }, _) => "retry",
+            (Outcome::Failed, _) => "failed",
+        };
+        self.attempts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        if record.attempt_no.is_some() {
+            self.attempt_duration
+                .observe(record.latency_ms as f64 / 1000.0);
+        }
+        if record.outcome == Outcome::Delivered {
+            let ms = Timestamp::now().millis() - event_created.millis();
+            self.delivery_latency.observe(ms.max(0) as f64 / 1000.0);
+        }
+    }
+
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.set(n as i64);
+    }
+
+    pub fn set_queue_depth(&self, n: u64) {
+        self.queue_depth.set(n as i64);
     }
 
     pub fn render(&self) -> String {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod endpoints;
+pub mod events;
 pub mod input;
 pub mod keys;
 pub mod ops;
@@ -62,6 +63,7 @@ fn api() -> OpenApiRouter<AppState> {
             "/webhooks/v1",
             endpoints::router()
                 .merge(catalog::router())
+                .merge(events::router())
                 .merge(keys::router()),
         )
         .merge(ops::router())

@@ -49,6 +49,9 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Status>> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(depth) = state.store.pending_count().await {
+        state.metrics.set_queue_depth(depth);
+    }
     (
         [(
             CONTENT_TYPE,

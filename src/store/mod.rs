@@ -98,6 +98,80 @@ pub struct EndpointPatch {
     pub now: Timestamp,
 }
 
+/// An event to store with its deliveries.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub org_id: OrgId,
+    pub event_name: String,
+    pub subcategory: Option<String>,
+    /// The exact request body every delivery sends.
+    pub body: Vec<u8>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a publish: the event id and its fan-out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: String,
+    pub deliveries: u64,
+}
+
+/// A delivery claimed for one attempt, with what the attempt needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    /// Attempts already made before this one.
+    pub attempts: u32,
+    pub event_id: String,
+    pub event_created: Timestamp,
+    pub body: Vec<u8>,
+    pub org_id: OrgId,
+    pub endpoint_uid: i64,
+    pub url: String,
+    pub sealed_secret: Vec<u8>,
+    /// False when the endpoint was disabled or deleted after the event was published.
+    pub endpoint_live: bool,
+}
+
+/// What became of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Retry { at: Timestamp },
+    Failed,
+}
+
+/// One attempt's record, written together with the delivery's new state.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: i64,
+    pub claim_token: String,
+    /// `None` when no request was made (the endpoint was disabled or deleted).
+    pub attempt_no: Option<u32>,
+    pub started: Timestamp,
+    pub latency_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// How a claim is bounded.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub now: Timestamp,
+    /// Claimed work becomes due again at this time unless its outcome is recorded.
+    pub lease_until: Timestamp,
+    pub limit: u32,
+    /// Deliveries an endpoint may have in flight at once.
+    pub per_endpoint: u32,
+    /// Endpoints that already have work in flight here, with how much.
+    pub in_flight: Vec<(i64, u32)>,
+    /// Tags the claimed rows; an outcome is applied only while the tag is still theirs.
+    pub token: String,
+}
+
 /// The event types every new org starts with: Fullstory's documented ones.
 pub const DEFAULT_CATALOG: &[(&str, &str, bool)] = &[
     ("note.created", "Note Created", false),
@@ -180,6 +254,37 @@ pub trait Store: Send + Sync + 'static {
         patch: &EndpointPatch,
     ) -> StoreResult<EndpointRecord>;
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()>;
+
+    // --- publishing and the delivery queue ---
+
+    /// Stores the events and a pending delivery for every enabled endpoint subscribed to
+    /// each, all in one transaction. An event whose idempotency key was used in its org
+    /// within `idempotency_window_ms` is not stored again: the first answer is returned.
+    async fn publish(
+        &self,
+        events: &[NewEvent],
+        now: Timestamp,
+        idempotency_window_ms: i64,
+    ) -> StoreResult<Vec<Published>>;
+    /// Claims due deliveries (see [`ClaimRequest`]).
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>>;
+    /// Records attempts and applies their outcomes, in one transaction.
+    async fn record_attempts(&self, records: &[AttemptRecord], now: Timestamp) -> StoreResult<()>;
+    /// Makes claimed deliveries due again at `at` (shutdown, or an endpoint that is busy).
+    async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()>;
+    /// Delays the due deliveries of an endpoint that is saturated with slow attempts.
+    async fn park_endpoint(
+        &self,
+        endpoint_uid: i64,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<()>;
+    /// When the earliest pending delivery (claimed or not) becomes due.
+    async fn next_due(&self) -> StoreResult<Option<Timestamp>>;
+    /// Number of pending deliveries.
+    async fn pending_count(&self) -> StoreResult<u64>;
+    /// Ends every lease (single-node stores at start: the previous process is gone).
+    async fn expire_leases(&self, now: Timestamp) -> StoreResult<()>;
 }
 
 /// Turns a fetch of `limit + 1` rows into a page: the extra row only proves that

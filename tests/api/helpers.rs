@@ -1,8 +1,6 @@
 //! Test harness: a real posthorn server on port 0 with a fresh SQLite store per test,
 //! driven over real HTTP.
 
-use std::net::SocketAddr;
-
 use posthorn::app::Server;
 use posthorn::config::ServeConfig;
 use reqwest::Method;
@@ -14,7 +12,6 @@ pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const ORG: &str = "o-test";
 
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base: String,
     /// Admin key of org [`ORG`].
     pub admin_key: String,
@@ -23,6 +20,7 @@ pub struct TestApp {
     pub database_url: String,
     pub dir: TempDir,
     shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// An answer: status, headers and the body parsed as JSON (`Value::Null` if not JSON).
@@ -71,7 +69,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server whose configuration `tweak` may change before it starts.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
+    spawn_in(tempfile::tempdir().expect("tempdir"), tweak).await
+}
+
+/// A server on the database in `dir` (kept if it exists).
+async fn spawn_in(dir: TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let database_url = format!("sqlite://{}", dir.path().join("posthorn.db").display());
     let mut config = ServeConfig::with_database(database_url.clone());
     config.allow_private_targets = true;
@@ -83,15 +85,15 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let server = Server::bind(config).await.expect("server starts");
     let addr = server.local_addr();
     let shutdown = CancellationToken::new();
-    tokio::spawn(server.run(shutdown.clone()));
+    let running = Some(tokio::spawn(server.run(shutdown.clone())));
     TestApp {
-        addr,
         base: format!("http://{addr}"),
         admin_key,
         client: reqwest::Client::new(),
         database_url,
         dir,
         shutdown,
+        running,
     }
 }
 
@@ -102,6 +104,20 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Stops this server gracefully and starts another on the same database.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = std::mem::replace(&mut self.dir, dir);
+        spawn_in(dir, tweak).await
+    }
+
     /// Sends a request with `key` (if any) as `Authorization: Basic <key>`, and `body`
     /// (if any) as JSON.
     pub async fn call(

@@ -7,6 +7,7 @@
 //! `keys create` CLI) waits on the busy timeout.
 
 mod catalog;
+mod delivery;
 mod endpoints;
 mod keys;
 
@@ -19,8 +20,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use super::{
-    ApiKeyRecord, EndpointPatch, EndpointRecord, EventTypeRecord, NewEndpoint, Page, Store,
-    StoreError, StoreResult, SubcategoryRecord,
+    ApiKeyRecord, AttemptRecord, ClaimRequest, Claimed, EndpointPatch, EndpointRecord,
+    EventTypeRecord, NewEndpoint, NewEvent, Page, Published, Store, StoreError, StoreResult,
+    SubcategoryRecord,
 };
 use crate::domain::{KeyHash, OrgId, Timestamp};
 
@@ -199,5 +201,40 @@ impl Store for SqliteStore {
     }
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
         endpoints::delete(&self.writer, org, url, now).await
+    }
+
+    async fn publish(
+        &self,
+        events: &[NewEvent],
+        now: Timestamp,
+        idempotency_window_ms: i64,
+    ) -> StoreResult<Vec<Published>> {
+        delivery::publish(&self.writer, events, now, idempotency_window_ms).await
+    }
+    async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
+        delivery::claim_due(&self.writer, request).await
+    }
+    async fn record_attempts(&self, records: &[AttemptRecord], now: Timestamp) -> StoreResult<()> {
+        delivery::record_attempts(&self.writer, records, now).await
+    }
+    async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()> {
+        delivery::release(&self.writer, token, delivery_ids, at).await
+    }
+    async fn park_endpoint(
+        &self,
+        endpoint_uid: i64,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<()> {
+        delivery::park_endpoint(&self.writer, endpoint_uid, now, until).await
+    }
+    async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
+        delivery::next_due(&self.reader).await
+    }
+    async fn pending_count(&self) -> StoreResult<u64> {
+        delivery::pending_count(&self.reader).await
+    }
+    async fn expire_leases(&self, now: Timestamp) -> StoreResult<()> {
+        delivery::expire_leases(&self.writer, now).await
     }
 }

@@ -1,0 +1,103 @@
+//! The retry schedule: when the next attempt is made, or that there is none.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::domain::Timestamp;
+use crate::store::Outcome;
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delay before attempt `i + 2` (the first attempt is immediate).
+    schedule: Vec<Duration>,
+    max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// Parses `5s,5m,30m` (units ms, s, m, h). An empty string means no retries.
+    pub fn parse(text: &str, max_retry_after: Duration) -> anyhow::Result<Self> {
+        let schedule = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| anyhow::anyhow!("POSTHORN_RETRY_SCHEDULE: {s:?}: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            schedule,
+            max_retry_after,
+        })
+    }
+
+    /// Attempts in all: the first and one per schedule entry.
+    pub fn max_attempts(&self) -> u32 {
+        self.schedule.len() as u32 + 1
+    }
+
+    /// What follows failed attempt number `attempt_no` (1-based). The scheduled delay
+    /// gets ±10% jitter; a `Retry-After` the receiver sent is waited for at least, up to
+    /// the cap.
+    pub fn after_failure(
+        &self,
+        attempt_no: u32,
+        retry_after: Option<Duration>,
+        now: Timestamp,
+    ) -> Outcome {
+        let Some(base) = self.schedule.get(attempt_no.saturating_sub(1) as usize) else {
+            return Outcome::Failed;
+        };
+        let jitter = rand::thread_rng().gen_range(0.9..=1.1);
+        let mut delay = base.mul_f64(jitter);
+        if let Some(asked) = retry_after {
+            delay = delay.max(asked.min(self.max_retry_after));
+        }
+        Outcome::Retry {
+            at: Timestamp::from_millis(now.millis() + delay.as_millis() as i64),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_schedule_has_eight_attempts_then_fails() {
+        let p = RetryPolicy::parse("5s,5m,30m,2h,5h,10h,10h", Duration::from_secs(3600))
+            .expect("parses");
+        assert_eq!(p.max_attempts(), 8);
+        let now = Timestamp::from_millis(0);
+        match p.after_failure(1, None, now) {
+            Outcome::Retry { at } => assert!((4500..=5500).contains(&at.millis())),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.after_failure(8, None, now), Outcome::Failed);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_the_cap() {
+        let p = RetryPolicy::parse("1s", Duration::from_secs(60)).expect("parses");
+        let now = Timestamp::from_millis(0);
+        assert_eq!(
+            p.after_failure(1, Some(Duration::from_secs(30)), now),
+            Outcome::Retry {
+                at: Timestamp::from_millis(30_000)
+            }
+        );
+        assert_eq!(
+            p.after_failure(1, Some(Duration::from_secs(999)), now),
+            Outcome::Retry {
+                at: Timestamp::from_millis(60_000)
+            }
+        );
+    }
+
+    #[test]
+    fn bad_schedules_are_refused() {
+        assert!(RetryPolicy::parse("5x", Duration::ZERO).is_err());
+        assert!(RetryPolicy::parse("1s,,2s", Duration::ZERO).is_ok());
+    }
+}

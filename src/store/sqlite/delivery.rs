@@ -1,0 +1,279 @@
+//! Events and the delivery queue on SQLite.
+
+use sqlx::{Row, SqlitePool};
+
+use super::map_err;
+use crate::domain::{OrgId, Timestamp};
+use crate::store::{
+    AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreError, StoreResult,
+};
+
+/// Endpoints of the event's org that are live, enabled and subscribed to it (an
+/// endpoint with no subscriptions takes every event).
+const FAN_OUT: &str = "INSERT INTO deliveries \
+    (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
+    SELECT ?1, e.uid, e.org_id, 'pending', 0, ?2, ?2, ?2 FROM endpoints e \
+    WHERE e.org_id = ?3 AND e.enabled = 1 AND e.deleted_ms IS NULL AND ( \
+      EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid \
+              AND t.event_name = ?4 AND t.subcategory = ?5) \
+      OR NOT EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid))";
+
+pub(super) async fn publish(
+    pool: &SqlitePool,
+    events: &[NewEvent],
+    now: Timestamp,
+    window_ms: i64,
+) -> StoreResult<Vec<Published>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        if let Some(key) = &ev.idempotency_key {
+            let prior = sqlx::query(
+                "SELECT seq, id, deliveries, created_ms FROM events WHERE org_id = ? AND idempotency_key = ?",
+            )
+            .bind(ev.org_id.as_str())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if let Some(row) = prior {
+                if row.get::<i64, _>("created_ms") >= now.millis() - window_ms {
+                    out.push(Published {
+                        id: row.get("id"),
+                        deliveries: row.get::<i64, _>("deliveries").max(0) as u64,
+                    });
+                    continue;
+                }
+                sqlx::query("UPDATE events SET idempotency_key = NULL WHERE seq = ?")
+                    .bind(row.get::<i64, _>("seq"))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
+        }
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, 0, ?) RETURNING seq",
+        )
+        .bind(&ev.id)
+        .bind(ev.org_id.as_str())
+        .bind(&ev.event_name)
+        .bind(&ev.subcategory)
+        .bind(&ev.body)
+        .bind(&ev.idempotency_key)
+        .bind(now.millis())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let fanned = sqlx::query(FAN_OUT)
+            .bind(seq)
+            .bind(now.millis())
+            .bind(ev.org_id.as_str())
+            .bind(&ev.event_name)
+            .bind(ev.subcategory.as_deref().unwrap_or(""))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if fanned > 0 {
+            sqlx::query("UPDATE events SET deliveries = ? WHERE seq = ?")
+                .bind(fanned as i64)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        out.push(Published {
+            id: ev.id.clone(),
+            deliveries: fanned,
+        });
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(out)
+}
+
+fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
+    let pairs: Vec<String> = in_flight
+        .iter()
+        .map(|(uid, n)| format!("\"{uid}\":{n}"))
+        .collect();
+    format!("{{{}}}", pairs.join(","))
+}
+
+pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    // Due rows, skipping endpoints already at their limit here, at most `per_endpoint -
+    // in flight` per endpoint.
+    let claimed = sqlx::query(
+        "WITH busy(uid, n) AS (SELECT CAST(key AS INTEGER), value FROM json_each(?1)), \
+         due AS (SELECT d.id, d.endpoint_uid, \
+                   ROW_NUMBER() OVER (PARTITION BY d.endpoint_uid ORDER BY d.next_attempt_ms, d.id) AS rn \
+                 FROM (SELECT id, endpoint_uid, next_attempt_ms FROM deliveries \
+                       WHERE state = 'pending' AND next_attempt_ms <= ?2 \
+                         AND endpoint_uid NOT IN (SELECT uid FROM busy WHERE n >= ?3) \
+                       ORDER BY next_attempt_ms LIMIT ?4) d) \
+         UPDATE deliveries SET next_attempt_ms = ?5, claim_token = ?6 \
+         WHERE id IN (SELECT due.id FROM due LEFT JOIN busy ON busy.uid = due.endpoint_uid \
+                      WHERE due.rn <= ?3 - COALESCE(busy.n, 0) LIMIT ?7)",
+    )
+    .bind(in_flight_json(&req.in_flight))
+    .bind(req.now.millis())
+    .bind(i64::from(req.per_endpoint))
+    .bind(i64::from(req.limit) * 4)
+    .bind(req.lease_until.millis())
+    .bind(&req.token)
+    .bind(i64::from(req.limit))
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    if claimed == 0 {
+        tx.commit().await.map_err(map_err)?;
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT d.id, d.attempts, d.endpoint_uid, ev.id AS event_id, ev.created_ms AS event_created, \
+                ev.body, e.org_id, e.url, e.secret, (e.enabled = 1 AND e.deleted_ms IS NULL) AS live \
+         FROM deliveries d JOIN events ev ON ev.seq = d.event_seq JOIN endpoints e ON e.uid = d.endpoint_uid \
+         WHERE d.claim_token = ?",
+    )
+    .bind(&req.token)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)?;
+    rows.iter()
+        .map(|row| {
+            let org: String = row.get("org_id");
+            Ok(Claimed {
+                delivery_id: row.get("id"),
+                attempts: row.get::<i64, _>("attempts").max(0) as u32,
+                event_id: row.get("event_id"),
+                event_created: Timestamp::from_millis(row.get("event_created")),
+                body: row.get("body"),
+                org_id: OrgId::parse(&org).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))?,
+                endpoint_uid: row.get("endpoint_uid"),
+                url: row.get("url"),
+                sealed_secret: row.get("secret"),
+                endpoint_live: row.get("live"),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn record_attempts(
+    pool: &SqlitePool,
+    records: &[AttemptRecord],
+    now: Timestamp,
+) -> StoreResult<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    for r in records {
+        if let Some(attempt_no) = r.attempt_no {
+            sqlx::query(
+                "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, response_body) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.delivery_id)
+            .bind(i64::from(attempt_no))
+            .bind(r.started.millis())
+            .bind(r.latency_ms as i64)
+            .bind(r.status_code.map(i64::from))
+            .bind(&r.error)
+            .bind(&r.response_body)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        let (state, next) = match r.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::Failed => ("failed", None),
+            Outcome::Retry { at } => ("pending", Some(at.millis())),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET state = ?, next_attempt_ms = COALESCE(?, next_attempt_ms), \
+               attempts = COALESCE(?, attempts), claim_token = NULL, last_status = ?, last_error = ?, \
+               updated_ms = ? \
+             WHERE id = ? AND claim_token = ?",
+        )
+        .bind(state)
+        .bind(next)
+        .bind(r.attempt_no.map(i64::from))
+        .bind(r.status_code.map(i64::from))
+        .bind(&r.error)
+        .bind(now.millis())
+        .bind(r.delivery_id)
+        .bind(&r.claim_token)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    }
+    tx.commit().await.map_err(map_err)
+}
+
+pub(super) async fn release(
+    pool: &SqlitePool,
+    token: &str,
+    ids: &[i64],
+    at: Timestamp,
+) -> StoreResult<()> {
+    let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(e.into()))?;
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_ms = ?, claim_token = NULL \
+         WHERE claim_token = ? AND state = 'pending' AND id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(at.millis())
+    .bind(token)
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) async fn park_endpoint(
+    pool: &SqlitePool,
+    uid: i64,
+    now: Timestamp,
+    until: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_ms = ? \
+         WHERE state = 'pending' AND endpoint_uid = ? AND next_attempt_ms <= ?",
+    )
+    .bind(until.millis())
+    .bind(uid)
+    .bind(now.millis())
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) async fn next_due(pool: &SqlitePool) -> StoreResult<Option<Timestamp>> {
+    let ms: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'")
+            .fetch_one(pool)
+            .await
+            .map_err(map_err)?;
+    Ok(ms.map(Timestamp::from_millis))
+}
+
+pub(super) async fn pending_count(pool: &SqlitePool) -> StoreResult<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
+        .fetch_one(pool)
+        .await
+        .map_err(map_err)?;
+    Ok(n.max(0) as u64)
+}
+
+pub(super) async fn expire_leases(pool: &SqlitePool, now: Timestamp) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_ms = ?, claim_token = NULL \
+         WHERE state = 'pending' AND claim_token IS NOT NULL",
+    )
+    .bind(now.millis())
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
