@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{spawn_app, spawn_app_with, Resp, TestApp, ADMIN_KEY, ORG};
+use crate::api::helpers::{spawn_app, spawn_app_with, Resp, TestApp, ADMIN_KEY, ORG};
 
 fn unauthorized() -> Value {
     json!({"message": "access is unauthorized", "code": "unauthorized"})

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::api::helpers::{spawn_app, spawn_app_with, TestApp};
 
 const TYPES: &str = "/webhooks/v1/event-types";
 

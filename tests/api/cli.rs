@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::helpers::posthorn_bin;
+use crate::api::helpers::posthorn_bin;
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {

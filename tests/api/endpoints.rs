@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Resp, TestApp};
+use crate::api::helpers::{spawn_app, Resp, TestApp};
 
 const EP: &str = "/webhooks/v1/endpoints";
 const FS_URL: &str = "https://example.com/fullstory-webhooks";

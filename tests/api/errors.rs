@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, Resp, TestApp, ADMIN_KEY};
+use crate::api::helpers::{spawn_app, spawn_app_with, Resp, TestApp, ADMIN_KEY};
 
 const ENDPOINTS: &str = "/webhooks/v1/endpoints";
 /// base64url of `https://example.com/a`.

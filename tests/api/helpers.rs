@@ -8,6 +8,13 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+/// The store a test binary runs its suite on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 pub const ORG: &str = "o-test";
 

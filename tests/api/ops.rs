@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{posthorn_bin, spawn_app, TestApp};
+use crate::api::helpers::{posthorn_bin, spawn_app, TestApp};
 
 /// Every operation the document must describe.
 const REQUIRED_PATHS: &[&str] = &[

@@ -8,8 +8,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{posthorn_bin, spawn_app};
-use crate::receiver::{Reply, TestReceiver};
+use crate::api::helpers::{posthorn_bin, spawn_app};
+use crate::api::receiver::{Reply, TestReceiver};
 
 const KEY: &str = "crash-test-admin-key";
 
@@ -142,7 +142,7 @@ async fn posthorn_listen_prints_deliveries_and_checks_signatures() {
             "--secret",
             "s3cret-value",
             "--org",
-            crate::helpers::ORG,
+            crate::api::helpers::ORG,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, Resp, TestApp};
+use crate::api::helpers::{spawn_app, spawn_app_with, Resp, TestApp};
 
 const EP: &str = "/webhooks/v1/endpoints";
 const URL: &str = "https://example.com/fullstory-webhooks";
