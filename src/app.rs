@@ -91,6 +91,7 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     engine: Arc<Engine>,
+    workers: bool,
     grace: Duration,
 }
 
@@ -118,10 +119,12 @@ impl Server {
             state.metrics.clone(),
             state.wake.clone(),
         )?);
+        let workers = state.config.workers;
         Ok(Self {
             listener,
             router: crate::http::router(state),
             engine,
+            workers,
             grace,
         })
     }
@@ -136,7 +139,9 @@ impl Server {
     /// attempts in flight finish within the grace period (unfinished attempts are
     /// released to be made again).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let delivering = self.engine.spawn(shutdown.clone(), self.grace);
+        let delivering = self
+            .workers
+            .then(|| self.engine.spawn(shutdown.clone(), self.grace));
         let signal = shutdown.clone();
         let serving = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { signal.cancelled().await });
@@ -154,7 +159,9 @@ impl Server {
                 Ok(())
             }
         };
-        delivering.await.context("delivery engine failed")?;
+        if let Some(delivering) = delivering {
+            delivering.await.context("delivery engine failed")?;
+        }
         served
     }
 }

@@ -18,6 +18,19 @@ pub struct DatabaseArgs {
         default_value = "sqlite://posthorn.db"
     )]
     pub database_url: String,
+
+    /// Connections this process keeps to PostgreSQL.
+    #[arg(long, env = "POSTHORN_DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: u32,
+}
+
+impl DatabaseArgs {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            pool_size: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -65,6 +78,10 @@ pub struct ServeConfig {
     /// How long in-flight requests get to finish after SIGTERM, in seconds.
     #[arg(long, env = "POSTHORN_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Run delivery workers in this process (`false`: an API-only node).
+    #[arg(long, env = "POSTHORN_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub workers: bool,
 
     #[command(flatten)]
     pub delivery: DeliveryConfig,
@@ -136,9 +153,7 @@ impl ServeConfig {
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database: DatabaseArgs {
-                database_url: database_url.into(),
-            },
+            database: DatabaseArgs::new(database_url),
             bootstrap_key: None,
             bootstrap_org: "o-default".into(),
             allow_private_targets: false,
@@ -148,6 +163,7 @@ impl ServeConfig {
             rate_limit: 1000,
             rate_limit_burst: None,
             shutdown_grace_secs: 30,
+            workers: true,
             delivery: DeliveryConfig::default(),
         }
     }
