@@ -1,13 +1,11 @@
 //! Application state, start-up and shutdown.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use governor::{DefaultKeyedRateLimiter, Quota};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +14,7 @@ use crate::config::ServeConfig;
 use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
 use crate::delivery::Engine;
 use crate::domain::Timestamp;
+use crate::http::ratelimit::RateLimiter;
 use crate::store::DynStore;
 use crate::telemetry::Metrics;
 
@@ -26,25 +25,16 @@ pub struct AppState {
     pub master_key: MasterKey,
     pub config: Arc<ServeConfig>,
     pub metrics: Arc<Metrics>,
-    pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    pub limiter: Option<Arc<RateLimiter>>,
     /// Wakes the delivery dispatcher when work was queued.
     pub wake: Arc<Notify>,
 }
 
 impl AppState {
     pub async fn new(config: ServeConfig) -> anyhow::Result<Self> {
-        let url = &config.database.database_url;
-        let store = crate::store::connect(url).await?;
+        let store = crate::store::connect(&config.database).await?;
         let master_key = load_master_key(&config, &store).await?;
-        let limiter = NonZeroU32::new(config.rate_limit).map(|rate| {
-            let burst = config
-                .rate_limit_burst
-                .and_then(NonZeroU32::new)
-                .unwrap_or(rate);
-            Arc::new(governor::RateLimiter::keyed(
-                Quota::per_second(rate).allow_burst(burst),
-            ))
-        });
+        let limiter = RateLimiter::new(config.rate_limit, config.rate_limit_burst).map(Arc::new);
         Ok(Self {
             store,
             master_key,

@@ -75,7 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::app::serve(config, shutdown).await
         }
         Command::Migrate(db) => {
-            crate::store::connect(&db.database_url).await?;
+            crate::store::connect(&db).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
         }) => {
             let org = OrgId::parse(&org).map_err(anyhow::Error::msg)?;
-            let store = crate::store::connect(&database.database_url).await?;
+            let store = crate::store::connect(&database).await?;
             let key = ApiKey::generate();
             crate::bootstrap::create_key(&store, &org, role, name, &key).await?;
             println!("{}", key.expose());

@@ -136,7 +136,7 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
                     engine.metrics.set_in_flight(tasks.len());
                 }
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "cannot claim deliveries");
+                    tracing::warn!(error = crate::error::chain(&e), "cannot claim deliveries");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -155,7 +155,7 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
                 "endpoint is slow; parking its queue"
             );
             if let Err(e) = engine.store.park_endpoint(uid, now, after(now, park)).await {
-                tracing::warn!(error = format!("{e:#}"), "cannot park endpoint");
+                tracing::warn!(error = crate::error::chain(&e), "cannot park endpoint");
             }
         }
         let poll = engine.config.poll_interval;
@@ -209,7 +209,7 @@ async fn drain(engine: &Engine, mut tasks: JoinSet<i64>, mut load: Load, grace: 
     for (token, ids) in by_token {
         if let Err(e) = engine.store.release(&token, &ids, now).await {
             tracing::warn!(
-                error = format!("{e:#}"),
+                error = crate::error::chain(&e),
                 "cannot release deliveries; they are retried when their leases end"
             );
         }

@@ -84,6 +84,9 @@ impl Engine {
     /// Runs the dispatcher until `shutdown`, then gives attempts in flight `grace` to
     /// finish and releases the rest.
     pub fn spawn(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) -> JoinHandle<()> {
+        let store = self.store.clone();
+        let (wake, stop) = (self.wake.clone(), shutdown.clone());
+        tokio::spawn(async move { store.watch(wake, stop).await });
         tokio::spawn(claim::run(self, shutdown, grace))
     }
 }

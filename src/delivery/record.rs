@@ -22,10 +22,13 @@ pub(super) async fn run(engine: Arc<Engine>, mut rx: Receiver<AttemptRecord>) {
             match engine.store.record_attempts(&batch, Timestamp::now()).await {
                 Ok(()) => break,
                 Err(e) if tries == TRIES => {
-                    tracing::error!(error = format!("{e:#}"), records = batch.len(), "giving up recording attempts; their deliveries will be retried when their leases end");
+                    tracing::error!(error = crate::error::chain(&e), records = batch.len(), "giving up recording attempts; their deliveries will be retried when their leases end");
                 }
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "cannot record attempts yet");
+                    tracing::warn!(
+                        error = crate::error::chain(&e),
+                        "cannot record attempts yet"
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }

@@ -10,7 +10,6 @@ use std::marker::PhantomData;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use governor::clock::{Clock, DefaultClock};
 
 use crate::app::AppState;
 use crate::domain::{ApiKey, OrgId, Role};
@@ -79,12 +78,7 @@ impl<P: Policy> FromRequestParts<AppState> for Authorized<P> {
             .filter(|r| r.revoked.is_none() && r.hash.ct_eq(&hash))
             .ok_or(ApiError::Unauthorized)?;
         if let Some(limiter) = &state.limiter {
-            if let Err(not_until) = limiter.check_key(&record.id) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(ApiError::TooManyRequests {
-                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-                });
-            }
+            limiter.check(&state.store, &record.id).await?;
         }
         if !P::allows(record.role) {
             return Err(ApiError::Forbidden);

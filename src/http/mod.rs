@@ -9,6 +9,7 @@ pub mod input;
 pub mod keys;
 pub mod ops;
 pub mod pagination;
+pub mod ratelimit;
 
 use std::sync::Arc;
 

@@ -6,11 +6,14 @@
 //! paginated on a per-row sequence number, so paging an unchanging list visits each row
 //! exactly once.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{EventTypeRef, KeyHash, OrgId, Role, Timestamp};
 
@@ -201,6 +204,12 @@ pub trait Store: Send + Sync + 'static {
     async fn find_api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>>;
     async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKeyRecord>>;
     async fn revoke_api_key(&self, org: &OrgId, id: &str, now: Timestamp) -> StoreResult<()>;
+    /// Counts a request of key `key_id` in the one-second window starting at
+    /// `window_ms` and returns the window's count, where the store is shared by several
+    /// processes; `None` means the process's own limiter is authoritative.
+    async fn hit_rate_window(&self, _key_id: &str, _window_ms: i64) -> StoreResult<Option<u32>> {
+        Ok(None)
+    }
 
     // --- event catalog ---
 
@@ -285,6 +294,10 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_count(&self) -> StoreResult<u64>;
     /// Ends every lease (single-node stores at start: the previous process is gone).
     async fn expire_leases(&self, now: Timestamp) -> StoreResult<()>;
+
+    /// Wakes `wake` when another process queues work, until `shutdown`. Stores that
+    /// only one process uses have nothing to watch.
+    async fn watch(&self, _wake: Arc<Notify>, _shutdown: CancellationToken) {}
 }
 
 /// Turns a fetch of `limit + 1` rows into a page: the extra row only proves that
@@ -303,12 +316,15 @@ pub(crate) fn paginate<T>(items: &mut Vec<T>, limit: u32, seq: impl Fn(&T) -> i6
     }
 }
 
-/// Opens the store named by `url`, applying migrations.
-pub async fn connect(url: &str) -> anyhow::Result<DynStore> {
+/// Opens the store named by `db`, applying migrations.
+pub async fn connect(db: &crate::config::DatabaseArgs) -> anyhow::Result<DynStore> {
+    let url = db.database_url.as_str();
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        anyhow::bail!("the PostgreSQL store is not available in this build yet; use sqlite://FILE")
+        Ok(Arc::new(
+            postgres::PgStore::connect(url, db.pool_size).await?,
+        ))
     } else {
         anyhow::bail!("unsupported database URL: expected sqlite://FILE or postgres://...")
     }

@@ -1,0 +1,252 @@
+//! Events and the delivery queue on PostgreSQL.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use super::{map_err, org, WORK_CHANNEL};
+use crate::domain::Timestamp;
+use crate::store::{
+    AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreResult,
+};
+
+/// Inserts one event and a delivery per target in one statement: the targets are
+/// counted and fanned out from the same snapshot.
+const PUBLISH_ONE: &str = "WITH targets AS ( \
+      SELECT e.uid FROM endpoints e \
+      WHERE e.org_id = $2 AND e.enabled AND e.deleted_ms IS NULL AND ( \
+        EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid \
+                AND t.event_name = $3 AND t.subcategory = COALESCE($4, '')) \
+        OR NOT EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid))), \
+    ev AS ( \
+      INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
+      VALUES ($1, $2, $3, $4, $5, $6, (SELECT COUNT(*) FROM targets), $7) RETURNING seq, deliveries), \
+    fan AS ( \
+      INSERT INTO deliveries (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
+      SELECT ev.seq, t.uid, $2, 'pending', 0, $7, $7, $7 FROM ev, targets t) \
+    SELECT deliveries FROM ev";
+
+pub(super) async fn publish(
+    pool: &PgPool,
+    events: &[NewEvent],
+    now: Timestamp,
+    window_ms: i64,
+) -> Result<Vec<Published>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(events.len());
+    for ev in events {
+        if let Some(key) = &ev.idempotency_key {
+            // Serialises publishers of the same key across nodes until commit.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+                .bind(ev.org_id.as_str())
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            let prior = sqlx::query(
+                "SELECT seq, id, deliveries, created_ms FROM events WHERE org_id = $1 AND idempotency_key = $2",
+            )
+            .bind(ev.org_id.as_str())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = prior {
+                if row.get::<i64, _>("created_ms") >= now.millis() - window_ms {
+                    out.push(Published {
+                        id: row.get("id"),
+                        deliveries: row.get::<i64, _>("deliveries").max(0) as u64,
+                    });
+                    continue;
+                }
+                sqlx::query("UPDATE events SET idempotency_key = NULL WHERE seq = $1")
+                    .bind(row.get::<i64, _>("seq"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let deliveries: i64 = sqlx::query_scalar(PUBLISH_ONE)
+            .bind(&ev.id)
+            .bind(ev.org_id.as_str())
+            .bind(&ev.event_name)
+            .bind(&ev.subcategory)
+            .bind(&ev.body)
+            .bind(&ev.idempotency_key)
+            .bind(now.millis())
+            .fetch_one(&mut *tx)
+            .await?;
+        out.push(Published {
+            id: ev.id.clone(),
+            deliveries: deliveries.max(0) as u64,
+        });
+    }
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
+    let pairs: Vec<String> = in_flight
+        .iter()
+        .map(|(uid, n)| format!("\"{uid}\":{n}"))
+        .collect();
+    format!("{{{}}}", pairs.join(","))
+}
+
+/// Claims in one statement: lock due rows (skipping rows other nodes hold and
+/// endpoints at their limit here), keep at most the endpoint's free slots, lease them,
+/// and return what the attempts need.
+pub(super) async fn claim_due(
+    pool: &PgPool,
+    req: &ClaimRequest,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    sqlx::query(
+        "WITH busy AS (SELECT key::BIGINT AS uid, value::BIGINT AS n FROM jsonb_each_text($1::jsonb)), \
+         due AS (SELECT id, endpoint_uid, next_attempt_ms FROM deliveries \
+                 WHERE state = 'pending' AND next_attempt_ms <= $2 \
+                   AND endpoint_uid NOT IN (SELECT uid FROM busy WHERE n >= $3) \
+                 ORDER BY next_attempt_ms LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         ranked AS (SELECT id, endpoint_uid, \
+                      ROW_NUMBER() OVER (PARTITION BY endpoint_uid ORDER BY next_attempt_ms, id) AS rn \
+                    FROM due), \
+         picked AS (SELECT r.id FROM ranked r LEFT JOIN busy b ON b.uid = r.endpoint_uid \
+                    WHERE r.rn <= $3 - COALESCE(b.n, 0) LIMIT $7) \
+         UPDATE deliveries d SET next_attempt_ms = $5, claim_token = $6 \
+         FROM picked p, events ev, endpoints e \
+         WHERE d.id = p.id AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
+         RETURNING d.id, d.attempts, d.endpoint_uid, ev.id AS event_id, ev.created_ms AS event_created, \
+                   ev.body, e.org_id, e.url, e.secret, (e.enabled AND e.deleted_ms IS NULL) AS live",
+    )
+    .bind(in_flight_json(&req.in_flight))
+    .bind(req.now.millis())
+    .bind(i64::from(req.per_endpoint))
+    .bind(i64::from(req.limit) * 4)
+    .bind(req.lease_until.millis())
+    .bind(&req.token)
+    .bind(i64::from(req.limit))
+    .fetch_all(pool)
+    .await
+}
+
+pub(super) fn claimed(row: PgRow) -> StoreResult<Claimed> {
+    Ok(Claimed {
+        delivery_id: row.get("id"),
+        attempts: row.get::<i64, _>("attempts").max(0) as u32,
+        event_id: row.get("event_id"),
+        event_created: Timestamp::from_millis(row.get("event_created")),
+        body: row.get("body"),
+        org_id: org(row.get("org_id"))?,
+        endpoint_uid: row.get("endpoint_uid"),
+        url: row.get("url"),
+        sealed_secret: row.get("secret"),
+        endpoint_live: row.get("live"),
+    })
+}
+
+pub(super) async fn record_attempts(
+    pool: &PgPool,
+    records: &[AttemptRecord],
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    let made: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt_no.is_some()).collect();
+    let mut tx = pool.begin().await?;
+    if !made.is_empty() {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, response_body) \
+             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
+        )
+        .bind(made.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.attempt_no.map_or(0, i64::from)).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.started.millis()).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.latency_ms as i64).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.response_body.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let (state, next): (Vec<&str>, Vec<Option<i64>>) = records
+        .iter()
+        .map(|r| match r.outcome {
+            Outcome::Delivered => ("delivered", None),
+            Outcome::Failed => ("failed", None),
+            Outcome::Retry { at } => ("pending", Some(at.millis())),
+        })
+        .unzip();
+    sqlx::query(
+        "UPDATE deliveries d SET state = u.state, next_attempt_ms = COALESCE(u.next, d.next_attempt_ms), \
+           attempts = COALESCE(u.attempt_no, d.attempts), claim_token = NULL, last_status = u.status, \
+           last_error = u.error, updated_ms = $8 \
+         FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[]) \
+           AS u(id, state, next, attempt_no, status, error, token) \
+         WHERE d.id = u.id AND d.claim_token = u.token",
+    )
+    .bind(records.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+    .bind(state)
+    .bind(next)
+    .bind(records.iter().map(|r| r.attempt_no.map(i64::from)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.claim_token.clone()).collect::<Vec<_>>())
+    .bind(now.millis())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+pub(super) async fn release(
+    pool: &PgPool,
+    token: &str,
+    ids: &[i64],
+    at: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "WITH released AS (UPDATE deliveries SET next_attempt_ms = $1, claim_token = NULL \
+           WHERE claim_token = $2 AND state = 'pending' AND id = ANY($3) RETURNING 1) \
+         SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM released)",
+    )
+    .bind(at.millis())
+    .bind(token)
+    .bind(ids)
+    .bind(WORK_CHANNEL)
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) async fn park_endpoint(
+    pool: &PgPool,
+    uid: i64,
+    now: Timestamp,
+    until: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE deliveries SET next_attempt_ms = $1 \
+         WHERE state = 'pending' AND endpoint_uid = $2 AND next_attempt_ms <= $3",
+    )
+    .bind(until.millis())
+    .bind(uid)
+    .bind(now.millis())
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) async fn next_due(pool: &PgPool) -> StoreResult<Option<Timestamp>> {
+    let ms: Option<i64> =
+        sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'")
+            .fetch_one(pool)
+            .await
+            .map_err(map_err)?;
+    Ok(ms.map(Timestamp::from_millis))
+}
+
+pub(super) async fn pending_count(pool: &PgPool) -> StoreResult<u64> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
+        .fetch_one(pool)
+        .await
+        .map_err(map_err)?;
+    Ok(n.max(0) as u64)
+}
