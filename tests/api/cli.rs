@@ -13,17 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::api::helpers::posthorn_bin;
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn db_url(dir: &Path) -> String {
-    format!("sqlite://{}", dir.join("x.db").display())
-}
+use crate::api::helpers::{free_port, posthorn_bin, ChildGuard, TestDb};
 
 /// The binary, with a clean environment (nothing `POSTHORN_*` leaks in from the host),
 /// run in `dir`, killed if the test drops it.
@@ -127,15 +117,17 @@ struct Serve {
     stderr: Arc<Mutex<Vec<String>>>,
     reader: JoinHandle<()>,
     client: reqwest::Client,
+    _guard: ChildGuard,
 }
 
 impl Serve {
-    /// `posthorn serve` on `<dir>/x.db` and a free port, with these extra variables.
-    async fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+    /// `posthorn serve` on `db` (with its master key, if it needs one) and a free port,
+    /// with these extra variables, run in the test's dir.
+    async fn start(db: &TestDb, env: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let mut cmd = posthorn(dir);
+        let mut cmd = posthorn(db.dir.path());
         cmd.arg("serve")
-            .env("POSTHORN_DATABASE_URL", db_url(dir))
+            .envs(db.env())
             .env("POSTHORN_LISTEN", format!("127.0.0.1:{port}"));
         for (k, v) in env {
             cmd.env(k, v);
@@ -157,6 +149,7 @@ impl Serve {
             }
         });
         let mut serve = Self {
+            _guard: ChildGuard::new(child.id()),
             child,
             base: format!("http://127.0.0.1:{port}"),
             port,
@@ -287,8 +280,8 @@ async fn key_count(server: &Serve, key: &str) -> usize {
 
 #[tokio::test]
 async fn first_start_prints_an_admin_key_once_and_it_works() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Serve::start(dir.path(), &[]).await;
+    let db = TestDb::new().await;
+    let server = Serve::start(&db, &[]).await;
     let key = server
         .printed_key()
         .await
@@ -344,21 +337,31 @@ async fn first_start_prints_an_admin_key_once_and_it_works() {
         lines.join("\n")
     );
 
-    // The master key file is private.
-    let master = dir.path().join("x.db.master-key");
-    let mode = std::fs::metadata(&master)
-        .expect("master key file beside the database")
-        .permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o600,
-        "{}",
-        master.display()
-    );
-    let master_bytes = std::fs::read(&master).expect("read master key");
+    // On SQLite the master key file is private; a PostgreSQL node is given its key and
+    // writes no file.
+    let master = db.master_key_file();
+    let master_bytes = master.as_ref().map(|master| {
+        let mode = std::fs::metadata(master)
+            .expect("master key file beside the database")
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "{}",
+            master.display()
+        );
+        std::fs::read(master).expect("read master key")
+    });
+    if let Some(given) = db.master_key() {
+        assert_no_key_file(db.dir.path());
+        assert!(
+            !lines.iter().any(|l| l.contains(given)),
+            "the master key was logged"
+        );
+    }
 
     // A restart prints no new key; the first one still works; the master key stays.
-    let server = Serve::start(dir.path(), &[]).await;
+    let server = Serve::start(&db, &[]).await;
     assert_eq!(endpoint_count(&server, &key).await, 1);
     let (status, _, lines) = server.terminate().await;
     assert!(status.success(), "{status}");
@@ -367,21 +370,32 @@ async fn first_start_prints_an_admin_key_once_and_it_works() {
         "a key was printed again on restart:\n{}",
         lines.join("\n")
     );
-    assert_eq!(
-        std::fs::read(&master).expect("read master key"),
-        master_bytes
-    );
+    if let (Some(master), Some(bytes)) = (master, master_bytes) {
+        assert_eq!(std::fs::read(&master).expect("read master key"), bytes);
+    }
+}
+
+/// No `*.master-key` file in `dir` (the working directory of a PostgreSQL node).
+#[track_caller]
+fn assert_no_key_file(dir: &Path) {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".master-key"))
+        .collect();
+    assert!(files.is_empty(), "key files written: {files:?}");
 }
 
 #[tokio::test]
 async fn bootstrap_key_is_an_admin_of_the_bootstrap_org() {
     const BOOT: &str = "boot-secret-key-for-o-boot-0123456789";
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let env = [
         ("POSTHORN_BOOTSTRAP_KEY", BOOT),
         ("POSTHORN_BOOTSTRAP_ORG", "o-boot"),
     ];
-    let server = Serve::start(dir.path(), &env).await;
+    let server = Serve::start(&db, &env).await;
     let (status, body) = server
         .call(Method::GET, "/webhooks/v1/keys", Some(BOOT), None)
         .await;
@@ -397,10 +411,11 @@ async fn bootstrap_key_is_an_admin_of_the_bootstrap_org() {
     assert_eq!(status, 200, "{body}");
 
     // It is in o-boot: another o-boot admin sees its endpoint; another org does not.
-    let database = db_url(dir.path());
-    let same_org = printed_key(&keys_create(dir.path(), &database, "o-boot", "admin").await);
+    let database = db.url.clone();
+    let same_org = printed_key(&keys_create(db.dir.path(), &database, "o-boot", "admin").await);
     assert_eq!(endpoint_count(&server, &same_org).await, 1);
-    let elsewhere = printed_key(&keys_create(dir.path(), &database, "o-elsewhere", "admin").await);
+    let elsewhere =
+        printed_key(&keys_create(db.dir.path(), &database, "o-elsewhere", "admin").await);
     assert_eq!(endpoint_count(&server, &elsewhere).await, 0);
     let keys = key_count(&server, BOOT).await;
 
@@ -418,7 +433,7 @@ async fn bootstrap_key_is_an_admin_of_the_bootstrap_org() {
     );
 
     // A restart with the same key keeps one bootstrap key, still admin.
-    let server = Serve::start(dir.path(), &env).await;
+    let server = Serve::start(&db, &env).await;
     assert_eq!(key_count(&server, BOOT).await, keys);
     assert_eq!(endpoint_count(&server, BOOT).await, 1);
     let (status, _, lines) = server.terminate().await;
@@ -429,9 +444,9 @@ async fn bootstrap_key_is_an_admin_of_the_bootstrap_org() {
 #[tokio::test]
 async fn keys_create_works_beside_a_running_server() {
     const BOOT: &str = "boot-secret-key-for-o-x-0123456789";
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let server = Serve::start(
-        dir.path(),
+        &db,
         &[
             ("POSTHORN_BOOTSTRAP_KEY", BOOT),
             ("POSTHORN_BOOTSTRAP_ORG", "o-x"),
@@ -453,8 +468,11 @@ async fn keys_create_works_beside_a_running_server() {
             assert_eq!(status, 200, "{body}");
         }
     };
-    let database = db_url(dir.path());
-    let ((), out) = tokio::join!(busy, keys_create(dir.path(), &database, "o-x", "publisher"));
+    let database = db.url.clone();
+    let ((), out) = tokio::join!(
+        busy,
+        keys_create(db.dir.path(), &database, "o-x", "publisher")
+    );
     let key = printed_key(&out);
 
     // The running server knows it at once, with publisher rights.
@@ -516,10 +534,10 @@ async fn keys_create_works_beside_a_running_server() {
 
 #[tokio::test]
 async fn keys_create_refuses_a_bad_role_or_org() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let database = db_url(dir.path());
+    let db = TestDb::new().await;
+    let database = db.url.clone();
     for (org, role) in [("o-x", "root"), ("o-x", "ADMIN"), ("bad org!", "admin")] {
-        let out = keys_create(dir.path(), &database, org, role).await;
+        let out = keys_create(db.dir.path(), &database, org, role).await;
         assert!(
             !out.status.success(),
             "{org} {role}: exit {}; stdout {:?}",
@@ -537,6 +555,7 @@ async fn keys_create_refuses_a_bad_role_or_org() {
     }
 }
 
+sqlite_only! {
 #[tokio::test]
 async fn serve_with_an_unusable_database_fails_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -550,15 +569,16 @@ async fn serve_with_an_unusable_database_fails_cleanly() {
         assert_clean_failure(&out, "database");
     }
 }
+}
 
 #[tokio::test]
 async fn serve_on_a_busy_port_fails_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let taken = StdListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let mut cmd = posthorn(dir.path());
+    let mut cmd = posthorn(db.dir.path());
     cmd.arg("serve")
-        .env("POSTHORN_DATABASE_URL", db_url(dir.path()))
+        .envs(db.env())
         .env("POSTHORN_LISTEN", format!("127.0.0.1:{port}"))
         .env("POSTHORN_BOOTSTRAP_KEY", "busy-port-key-0123456789");
     let out = run_to_end(cmd).await;
@@ -568,12 +588,8 @@ async fn serve_on_a_busy_port_fails_cleanly() {
 
 #[tokio::test]
 async fn sigterm_stops_serve_promptly_with_exit_0() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Serve::start(
-        dir.path(),
-        &[("POSTHORN_BOOTSTRAP_KEY", "sigterm-key-0123")],
-    )
-    .await;
+    let db = TestDb::new().await;
+    let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_KEY", "sigterm-key-0123")]).await;
     let (status, _) = server
         .call(
             Method::GET,
@@ -600,20 +616,23 @@ async fn sigterm_stops_serve_promptly_with_exit_0() {
 
 #[tokio::test]
 async fn every_serve_option_is_also_a_flag() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let port = free_port();
-    let mut cmd = posthorn(dir.path());
+    let mut cmd = posthorn(db.dir.path());
     cmd.args([
         "serve",
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--database",
-        &db_url(dir.path()),
+        &db.url,
         "--bootstrap-key",
         "flag-key-0123456789",
         "--bootstrap-org",
         "o-flag",
     ]);
+    if let Some(key) = db.master_key() {
+        cmd.args(["--master-key", key]);
+    }
     let server = Serve::spawn(cmd, port).await;
     let (status, body) = server
         .call(
@@ -626,18 +645,19 @@ async fn every_serve_option_is_also_a_flag() {
     assert_eq!(status, 200, "{body}");
     let (status, _, _) = server.terminate().await;
     assert!(status.success());
-    assert!(
-        dir.path().join("x.db").exists(),
-        "database not where --database said"
-    );
+    if let Some(file) = db.sqlite_file() {
+        assert!(file.exists(), "database not where --database said");
+    } else {
+        assert_no_key_file(db.dir.path());
+    }
 }
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_without_keys() {
     const BOOT: &str = "json-log-key-0123456789";
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let server = Serve::start(
-        dir.path(),
+        &db,
         &[
             ("POSTHORN_BOOTSTRAP_KEY", BOOT),
             ("POSTHORN_LOG_FORMAT", "json"),
@@ -663,9 +683,9 @@ async fn json_logs_are_one_object_per_line_without_keys() {
 async fn no_key_or_secret_is_logged_even_at_trace_level() {
     const BOOT: &str = "trace-level-key-0123456789";
     const SECRET: &str = "endpoint-secret-value-0123456789";
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let server = Serve::start(
-        dir.path(),
+        &db,
         &[("POSTHORN_BOOTSTRAP_KEY", BOOT), ("POSTHORN_LOG", "trace")],
     )
     .await;
@@ -721,13 +741,21 @@ async fn no_key_or_secret_is_logged_even_at_trace_level() {
     let (status, _, lines) = server.terminate().await;
     assert!(status.success());
     assert!(lines.len() > 5, "trace logging produced almost nothing");
+    // The master key: given (PostgreSQL) or in its file (SQLite).
+    let master = db.master_key().map(str::to_owned).or_else(|| {
+        let text = std::fs::read_to_string(db.master_key_file()?).ok()?;
+        Some(text.trim().to_owned()).filter(|t| t.len() >= 16)
+    });
     for secret in [
         BOOT,
         SECRET,
         &minted_secret,
         &new_key,
         "wrong-key-presented-0123",
-    ] {
+    ]
+    .into_iter()
+    .chain(master.as_deref())
+    {
         let leaks: Vec<&String> = lines.iter().filter(|l| l.contains(secret)).collect();
         assert!(leaks.is_empty(), "{secret:?} appears in the log: {leaks:?}");
     }
@@ -738,8 +766,8 @@ async fn text_logs_to_a_pipe_have_no_terminal_escapes() {
     // Logs are for people by default; written to a file or a pipe (journald, docker,
     // `2>log`) they must not carry ANSI colour codes, which also break grep on
     // `key=value` fields.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Serve::start(dir.path(), &[("POSTHORN_BOOTSTRAP_KEY", "ansi-key-0123")]).await;
+    let db = TestDb::new().await;
+    let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_KEY", "ansi-key-0123")]).await;
     server
         .call(
             Method::GET,
@@ -763,6 +791,7 @@ async fn text_logs_to_a_pipe_have_no_terminal_escapes() {
     );
 }
 
+sqlite_only! {
 #[tokio::test]
 async fn default_database_is_posthorn_db_in_the_working_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -789,13 +818,14 @@ async fn default_database_is_posthorn_db_in_the_working_directory() {
         "no key file beside the default database"
     );
 }
+}
 
 #[tokio::test]
 async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDb::new().await;
     let first = "11".repeat(32);
     let server = Serve::start(
-        dir.path(),
+        &db,
         &[
             ("POSTHORN_MASTER_KEY", &first),
             ("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123"),
@@ -815,10 +845,7 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
     assert_eq!(status, 200, "{body}");
     let (status, _, lines) = server.terminate().await;
     assert!(status.success());
-    assert!(
-        !dir.path().join("x.db.master-key").exists(),
-        "a key file was created although POSTHORN_MASTER_KEY was given"
-    );
+    assert_no_key_file(db.dir.path());
     assert!(
         !lines.iter().any(|l| l.contains(&first)),
         "master key logged"
@@ -826,9 +853,9 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
 
     // The same database with another master key would garble every secret: refuse to start.
     let second = "22".repeat(32);
-    let mut cmd = posthorn(dir.path());
+    let mut cmd = posthorn(db.dir.path());
     cmd.arg("serve")
-        .env("POSTHORN_DATABASE_URL", db_url(dir.path()))
+        .envs(db.env())
         .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("POSTHORN_MASTER_KEY", &second)
         .env("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123");
@@ -839,7 +866,7 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
 
     // The right key still works.
     let server = Serve::start(
-        dir.path(),
+        &db,
         &[
             ("POSTHORN_MASTER_KEY", &first),
             ("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123"),
@@ -849,4 +876,66 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
     assert_eq!(endpoint_count(&server, "master-key-test-0123").await, 1);
     let (status, _, _) = server.terminate().await;
     assert!(status.success());
+}
+
+postgres_only! {
+#[tokio::test]
+async fn serve_on_postgres_without_a_master_key_fails_cleanly() {
+    // Nodes sharing a database must share the key, so none is made up (CONTRACT §6).
+    let db = TestDb::new().await;
+    let mut cmd = posthorn(db.dir.path());
+    cmd.arg("serve")
+        .env("POSTHORN_DATABASE_URL", &db.url)
+        .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("POSTHORN_BOOTSTRAP_KEY", "no-master-key-0123456789");
+    let out = run_to_end(cmd).await;
+    assert_clean_failure(&out, "POSTHORN_MASTER_KEY");
+    assert_no_key_file(db.dir.path());
+}
+
+#[tokio::test]
+async fn serve_on_an_unreachable_or_missing_postgres_database_fails_cleanly() {
+    let db = TestDb::new().await;
+    let cluster = crate::api::pg::PgCluster::shared();
+    let nobody = format!("postgres://postgres@127.0.0.1:{}/posthorn", free_port());
+    let missing = cluster.url("no_such_database");
+    for url in [nobody.as_str(), missing.as_str()] {
+        let mut cmd = posthorn(db.dir.path());
+        cmd.arg("serve")
+            .envs(db.env())
+            .env("POSTHORN_DATABASE_URL", url)
+            .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()));
+        let out = run_to_end(cmd).await;
+        assert_clean_failure(&out, "PostgreSQL");
+    }
+}
+
+#[tokio::test]
+async fn migrate_and_keys_create_work_on_a_fresh_postgres_database() {
+    let db = TestDb::new().await;
+    for _ in 0..2 {
+        let mut cmd = posthorn(db.dir.path());
+        cmd.args(["migrate", "--database", &db.url]);
+        let out = run_to_end(cmd).await;
+        assert!(
+            out.status.success(),
+            "migrate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let key = printed_key(&keys_create(db.dir.path(), &db.url, "o-cli", "admin").await);
+    let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_ORG", "o-cli")]).await;
+    assert_eq!(
+        key_count(&server, &key).await,
+        1,
+        "no bootstrap key was minted"
+    );
+    let (status, _, lines) = server.terminate().await;
+    assert!(status.success(), "{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains("ph_")),
+        "a key was minted although one existed:\n{}",
+        lines.join("\n")
+    );
+}
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
-use sqlx::Row;
 
 use crate::api::helpers::{spawn_app_with, ADMIN_KEY};
 use crate::api::receiver::{Reply, TestReceiver};
@@ -73,20 +72,11 @@ async fn the_ssrf_guard_applies_to_the_address_dialled() {
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
     assert_eq!(r.body["deliveries"], 2);
-    let pool = sqlx::SqlitePool::connect(&app.database_url)
-        .await
-        .expect("db");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let errors = loop {
-        let rows = sqlx::query("SELECT error FROM attempts")
-            .fetch_all(&pool)
-            .await
-            .expect("query");
-        if rows.len() >= 2 || std::time::Instant::now() > deadline {
-            break rows
-                .iter()
-                .map(|r| r.get::<Option<String>, _>("error").unwrap_or_default())
-                .collect::<Vec<_>>();
+        let errors = app.sql_strings("SELECT error FROM attempts").await;
+        if errors.len() >= 2 || std::time::Instant::now() > deadline {
+            break errors;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -141,19 +131,12 @@ async fn publishes_abandoned_mid_request_are_all_or_nothing() {
         "no request was abandoned; the test proves nothing"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pool = sqlx::SqlitePool::connect(&app.database_url)
-        .await
-        .expect("db");
-    let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM events")
-        .fetch_all(&pool)
-        .await
-        .expect("events");
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq)",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("count");
+    let stored = app.sql_strings("SELECT id FROM events").await;
+    let orphans = app
+        .sql_i64(
+            "SELECT COUNT(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq)",
+        )
+        .await;
     assert_eq!(orphans, 0, "events stored without their deliveries");
     assert_eq!(stored.len() % 20, 0, "a batch was stored in part");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -10,7 +10,14 @@ mod engine;
 mod errors;
 pub mod helpers;
 mod ops;
+pub mod pg;
 mod process;
 mod receiver;
 mod smoke;
 mod subscriptions;
+
+// Many nodes on one PostgreSQL database. (`cargo fmt` does not reach a module declared
+// in a macro: `rustfmt --edition 2021 tests/api/scale.rs`.)
+postgres_only! {
+    mod scale;
+}

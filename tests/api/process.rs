@@ -2,66 +2,39 @@
 
 use std::collections::HashSet;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::api::helpers::{posthorn_bin, spawn_app};
+use crate::api::helpers::{
+    free_port, posthorn_bin, spawn_app, Backend, ChildGuard, Node, TestDb, NODE_KEY,
+};
 use crate::api::receiver::{Reply, TestReceiver};
-
-const KEY: &str = "crash-test-admin-key";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn start_serve(db: &str, port: u16) -> Child {
-    let child = Command::new(posthorn_bin())
-        .arg("serve")
-        .env("POSTHORN_DATABASE_URL", db)
-        .env("POSTHORN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("POSTHORN_BOOTSTRAP_KEY", KEY)
-        .env("POSTHORN_ALLOW_PRIVATE_TARGETS", "true")
-        .env("POSTHORN_RATE_LIMIT", "0")
-        .env("POSTHORN_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("posthorn serve starts");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while client
-        .get(format!("http://127.0.0.1:{port}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "posthorn serve did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
-}
 
 #[tokio::test]
 async fn sigkill_mid_run_loses_no_accepted_event() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = format!("sqlite://{}", dir.path().join("crash.db").display());
+    let db = TestDb::new().await;
     let rx = TestReceiver::start().await;
     rx.always("/crash", Reply::Slow(20));
-    let port = free_port();
-    let mut server = start_serve(&db, port).await;
-    let base = format!("http://127.0.0.1:{port}/webhooks/v1");
+    // On SQLite a restart voids the dead process's leases at once; PostgreSQL nodes wait
+    // for them to run out (other nodes may still be working), so make leases short.
+    let env: &[(&str, &str)] = match crate::BACKEND {
+        Backend::Sqlite => &[],
+        Backend::Postgres => &[
+            ("POSTHORN_ATTEMPT_TIMEOUT", "2s"),
+            ("POSTHORN_LEASE_MARGIN", "1s"),
+        ],
+    };
+    let mut server = Node::start(&db.url, env).await;
+    let port = server.port;
+    let base = format!("{}/webhooks/v1", server.base);
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/endpoints"))
-        .header("Authorization", format!("Basic {KEY}"))
+        .header("Authorization", format!("Basic {NODE_KEY}"))
         .json(&json!({"url": rx.url("/crash")}))
         .send()
         .await
@@ -69,17 +42,17 @@ async fn sigkill_mid_run_loses_no_accepted_event() {
     assert_eq!(r.status(), 200);
 
     // Publish in batches until the server dies; remember every accepted event.
+    let accepted = Arc::new(Mutex::new(Vec::new()));
     let publisher = {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, accepted) = (client.clone(), base.clone(), accepted.clone());
         tokio::spawn(async move {
-            let mut accepted = Vec::new();
             for batch in 0..40 {
                 let events: Vec<_> = (0..100)
                     .map(|i| json!({"eventName": "note.created", "data": {"b": batch, "i": i}}))
                     .collect();
                 let sent = client
                     .post(format!("{base}/events/batch"))
-                    .header("Authorization", format!("Basic {KEY}"))
+                    .header("Authorization", format!("Basic {NODE_KEY}"))
                     .json(&json!({ "events": events }))
                     .send()
                     .await;
@@ -87,31 +60,42 @@ async fn sigkill_mid_run_loses_no_accepted_event() {
                 if resp.status() != 202 {
                     break;
                 }
-                let body: serde_json::Value = resp.json().await.expect("json");
-                for e in body["events"].as_array().expect("events") {
-                    accepted.push(e["id"].as_str().expect("id").to_owned());
-                }
+                let Ok(body) = resp.json::<serde_json::Value>().await else {
+                    break;
+                };
+                let ids = body["events"].as_array().expect("events").iter();
+                accepted
+                    .lock()
+                    .expect("lock")
+                    .extend(ids.map(|e| e["id"].as_str().expect("id").to_owned()));
             }
-            accepted
         })
     };
-    rx.wait_for("/crash", 300, Duration::from_secs(30)).await;
-    server.start_kill().expect("SIGKILL");
-    server.wait().await.expect("reaped");
-    let accepted = publisher.await.expect("publisher");
-    let delivered_before = rx.ids("/crash").len();
-    assert!(
-        accepted.len() >= delivered_before + 1000,
-        "only {} of {} accepted events were pending at the kill; the test proves little",
-        accepted.len() - delivered_before.min(accepted.len()),
-        accepted.len()
-    );
+    // Kill it mid-delivery, with at least 1000 accepted events not delivered yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pending, total) = loop {
+        let delivered = rx.ids("/crash").len();
+        let total = accepted.lock().expect("lock").len();
+        let pending = total.saturating_sub(delivered);
+        if delivered >= 300 && pending >= 1000 {
+            break (pending, total);
+        }
+        assert!(
+            Instant::now() < deadline && !publisher.is_finished(),
+            "never {delivered} >= 300 delivered with {pending} >= 1000 of {total} accepted \
+             events pending; the test would prove little"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    server.kill().await;
+    publisher.await.expect("publisher");
+    let accepted = accepted.lock().expect("lock").clone();
     eprintln!(
-        "killed with {} accepted, {delivered_before} delivered",
+        "killed with {total} accepted, {pending} of them pending; {} accepted in all",
         accepted.len()
     );
 
-    let _server = start_serve(&db, port).await;
+    let _server = Node::start_on(&db.url, port, env).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got = rx.ids("/crash");
@@ -149,6 +133,7 @@ async fn posthorn_listen_prints_deliveries_and_checks_signatures() {
         .kill_on_drop(true)
         .spawn()
         .expect("posthorn listen starts");
+    let _guard = ChildGuard::new(listen.id());
     let mut lines = BufReader::new(listen.stdout.take().expect("stdout")).lines();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
