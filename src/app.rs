@@ -28,6 +28,8 @@ pub struct AppState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Wakes the delivery dispatcher when work was queued.
     pub wake: Arc<Notify>,
+    /// The delivery engine (its HTTP client also sends test events).
+    pub engine: Arc<Engine>,
 }
 
 impl AppState {
@@ -35,13 +37,24 @@ impl AppState {
         let store = crate::store::connect(&config.database).await?;
         let master_key = load_master_key(&config, &store).await?;
         let limiter = RateLimiter::new(config.rate_limit, config.rate_limit_burst).map(Arc::new);
+        let metrics = Arc::new(Metrics::new());
+        let wake = Arc::new(Notify::new());
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            master_key.clone(),
+            config.delivery.clone(),
+            config.allow_private_targets,
+            metrics.clone(),
+            wake.clone(),
+        )?);
         Ok(Self {
             store,
             master_key,
             config: Arc::new(config),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             limiter,
-            wake: Arc::new(Notify::new()),
+            wake,
+            engine,
         })
     }
 }
@@ -101,14 +114,7 @@ impl Server {
             // died are void, so its work is taken up at once instead of after the lease.
             state.store.expire_leases(Timestamp::now()).await?;
         }
-        let engine = Arc::new(Engine::new(
-            state.store.clone(),
-            state.master_key.clone(),
-            state.config.delivery.clone(),
-            state.config.allow_private_targets,
-            state.metrics.clone(),
-            state.wake.clone(),
-        )?);
+        let engine = state.engine.clone();
         let workers = state.config.workers;
         Ok(Self {
             listener,

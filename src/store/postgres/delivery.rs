@@ -114,8 +114,10 @@ pub(super) async fn claim_due(
          UPDATE deliveries d SET next_attempt_ms = $5, claim_token = $6 \
          FROM picked p, events ev, endpoints e \
          WHERE d.id = p.id AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
-         RETURNING d.id, d.attempts, d.endpoint_uid, ev.id AS event_id, ev.created_ms AS event_created, \
-                   ev.body, e.org_id, e.url, e.secret, (e.enabled AND e.deleted_ms IS NULL) AS live",
+         RETURNING d.id, d.attempts, d.retry_base, d.endpoint_uid, ev.id AS event_id, \
+                   ev.created_ms AS event_created, ev.body, e.org_id, e.url, e.secret, \
+                   CASE WHEN e.old_secret_expires_ms > $2 THEN e.old_secret END AS old_secret, \
+                   (e.enabled AND e.deleted_ms IS NULL) AS live",
     )
     .bind(in_flight_json(&req.in_flight))
     .bind(req.now.millis())
@@ -139,6 +141,8 @@ pub(super) fn claimed(row: PgRow) -> StoreResult<Claimed> {
         endpoint_uid: row.get("endpoint_uid"),
         url: row.get("url"),
         sealed_secret: row.get("secret"),
+        old_sealed_secret: row.get("old_secret"),
+        retry_base: row.get::<i64, _>("retry_base").max(0) as u32,
         endpoint_live: row.get("live"),
     })
 }
@@ -147,13 +151,15 @@ pub(super) async fn record_attempts(
     pool: &PgPool,
     records: &[AttemptRecord],
     now: Timestamp,
+    disable_after_ms: i64,
 ) -> Result<(), sqlx::Error> {
     let made: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt_no.is_some()).collect();
     let mut tx = pool.begin().await?;
     if !made.is_empty() {
         sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, response_body) \
-             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
+            "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+             response_body, error_class) SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], \
+             $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[])",
         )
         .bind(made.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
         .bind(made.iter().map(|r| r.attempt_no.map_or(0, i64::from)).collect::<Vec<_>>())
@@ -162,6 +168,7 @@ pub(super) async fn record_attempts(
         .bind(made.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
         .bind(made.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
         .bind(made.iter().map(|r| r.response_body.clone()).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.error_class.map(str::to_owned)).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -191,6 +198,7 @@ pub(super) async fn record_attempts(
     .bind(now.millis())
     .execute(&mut *tx)
     .await?;
+    super::operator::apply_endpoint_health(&mut tx, records, now, disable_after_ms).await?;
     tx.commit().await
 }
 

@@ -23,6 +23,23 @@ fn from_row(row: &PgRow, org: &OrgId) -> EndpointRecord {
         sealed_secret: row.get("secret"),
         created: Timestamp::from_millis(row.get("created_ms")),
         modified: Timestamp::from_millis(row.get("modified_ms")),
+        disabled_reason: row.get("disabled_reason"),
+        disabled_at: row
+            .get::<Option<i64>, _>("disabled_ms")
+            .map(Timestamp::from_millis),
+        old_secret: match (
+            row.get::<Option<Vec<u8>>, _>("old_secret"),
+            row.get::<Option<i64>, _>("old_secret_expires_ms"),
+        ) {
+            (Some(sealed), Some(until)) => Some((sealed, Timestamp::from_millis(until))),
+            _ => None,
+        },
+        last_success: row
+            .get::<Option<i64>, _>("last_success_ms")
+            .map(Timestamp::from_millis),
+        last_failure: row
+            .get::<Option<i64>, _>("last_failure_ms")
+            .map(Timestamp::from_millis),
     }
 }
 
@@ -185,7 +202,11 @@ pub(super) async fn update(
     let current = fetch_live(&mut *tx, org, url).await?;
     let new_url = patch.url.as_deref().unwrap_or(url);
     sqlx::query(
-        "UPDATE endpoints SET url = $1, enabled = $2, secret = COALESCE($3, secret), modified_ms = $4 \
+        "UPDATE endpoints SET url = $1, enabled = $2, secret = COALESCE($3, secret), modified_ms = $4, \
+           old_secret = CASE WHEN $3::BYTEA IS NULL THEN old_secret END, \
+           old_secret_expires_ms = CASE WHEN $3::BYTEA IS NULL THEN old_secret_expires_ms END, \
+           disabled_reason = NULL, disabled_ms = CASE WHEN $2 THEN NULL ELSE COALESCE(disabled_ms, $4) END, \
+           failing_since_ms = CASE WHEN $2 THEN NULL ELSE failing_since_ms END \
          WHERE uid = $5",
     )
     .bind(new_url)

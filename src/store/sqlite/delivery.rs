@@ -132,12 +132,15 @@ pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreRes
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "SELECT d.id, d.attempts, d.endpoint_uid, ev.id AS event_id, ev.created_ms AS event_created, \
-                ev.body, e.org_id, e.url, e.secret, (e.enabled = 1 AND e.deleted_ms IS NULL) AS live \
+        "SELECT d.id, d.attempts, d.retry_base, d.endpoint_uid, ev.id AS event_id, \
+                ev.created_ms AS event_created, ev.body, e.org_id, e.url, e.secret, \
+                CASE WHEN e.old_secret_expires_ms > $2 THEN e.old_secret END AS old_secret, \
+                (e.enabled = 1 AND e.deleted_ms IS NULL) AS live \
          FROM deliveries d JOIN events ev ON ev.seq = d.event_seq JOIN endpoints e ON e.uid = d.endpoint_uid \
-         WHERE d.claim_token = ?",
+         WHERE d.claim_token = $1",
     )
     .bind(&req.token)
+    .bind(req.now.millis())
     .fetch_all(&mut *tx)
     .await
     .map_err(map_err)?;
@@ -155,6 +158,8 @@ pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreRes
                 endpoint_uid: row.get("endpoint_uid"),
                 url: row.get("url"),
                 sealed_secret: row.get("secret"),
+                old_sealed_secret: row.get("old_secret"),
+                retry_base: row.get::<i64, _>("retry_base").max(0) as u32,
                 endpoint_live: row.get("live"),
             })
         })
@@ -165,13 +170,14 @@ pub(super) async fn record_attempts(
     pool: &SqlitePool,
     records: &[AttemptRecord],
     now: Timestamp,
+    disable_after_ms: i64,
 ) -> StoreResult<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     for r in records {
         if let Some(attempt_no) = r.attempt_no {
             sqlx::query(
-                "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, response_body) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+                 error_class, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.delivery_id)
             .bind(i64::from(attempt_no))
@@ -179,6 +185,7 @@ pub(super) async fn record_attempts(
             .bind(r.latency_ms as i64)
             .bind(r.status_code.map(i64::from))
             .bind(&r.error)
+            .bind(r.error_class)
             .bind(&r.response_body)
             .execute(&mut *tx)
             .await
@@ -207,6 +214,9 @@ pub(super) async fn record_attempts(
         .await
         .map_err(map_err)?;
     }
+    super::operator::apply_endpoint_health(&mut tx, records, now, disable_after_ms)
+        .await
+        .map_err(map_err)?;
     tx.commit().await.map_err(map_err)
 }
 

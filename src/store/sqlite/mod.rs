@@ -10,6 +10,7 @@ mod catalog;
 mod delivery;
 mod endpoints;
 mod keys;
+mod operator;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,9 +21,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use super::{
-    ApiKeyRecord, AttemptRecord, ClaimRequest, Claimed, EndpointPatch, EndpointRecord,
-    EventTypeRecord, NewEndpoint, NewEvent, Page, Published, Store, StoreError, StoreResult,
-    SubcategoryRecord,
+    ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
+    DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeRecord, NewEndpoint,
+    NewEvent, Page, Published, Store, StoreError, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use crate::domain::{KeyHash, OrgId, Timestamp};
 
@@ -214,8 +215,13 @@ impl Store for SqliteStore {
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
         delivery::claim_due(&self.writer, request).await
     }
-    async fn record_attempts(&self, records: &[AttemptRecord], now: Timestamp) -> StoreResult<()> {
-        delivery::record_attempts(&self.writer, records, now).await
+    async fn record_attempts(
+        &self,
+        records: &[AttemptRecord],
+        now: Timestamp,
+        disable_after_ms: i64,
+    ) -> StoreResult<()> {
+        delivery::record_attempts(&self.writer, records, now, disable_after_ms).await
     }
     async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()> {
         delivery::release(&self.writer, token, delivery_ids, at).await
@@ -236,5 +242,68 @@ impl Store for SqliteStore {
     }
     async fn expire_leases(&self, now: Timestamp) -> StoreResult<()> {
         delivery::expire_leases(&self.writer, now).await
+    }
+    async fn get_event(&self, org: &OrgId, event_id: &str) -> StoreResult<EventRecord> {
+        operator::get_event(&self.reader, org, event_id).await
+    }
+    async fn event_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        operator::event_deliveries(&self.reader, org, event_id).await
+    }
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        filter: &DeliveryFilter,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        operator::list_deliveries(&self.reader, org, endpoint_uid, filter).await
+    }
+    async fn get_delivery(&self, org: &OrgId, delivery_id: i64) -> StoreResult<DeliveryRecord> {
+        operator::get_delivery(&self.reader, org, delivery_id).await
+    }
+    async fn list_attempts(&self, org: &OrgId, delivery_id: i64) -> StoreResult<Vec<AttemptView>> {
+        operator::list_attempts(&self.reader, org, delivery_id).await
+    }
+    async fn retry_delivery(
+        &self,
+        org: &OrgId,
+        delivery_id: i64,
+        now: Timestamp,
+    ) -> StoreResult<DeliveryRecord> {
+        operator::retry_delivery(&self.writer, org, delivery_id, now).await?;
+        operator::get_delivery(&self.writer, org, delivery_id).await
+    }
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        since: Timestamp,
+        until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        operator::recover_failed(&self.writer, org, endpoint_uid, since, until, now).await
+    }
+    async fn rotate_secret(
+        &self,
+        org: &OrgId,
+        url: &str,
+        sealed_secret: &[u8],
+        old_expires: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        operator::rotate_secret(&self.writer, org, url, sealed_secret, old_expires, now).await
+    }
+    async fn endpoint_stats(
+        &self,
+        endpoint_uid: i64,
+        since: &[Timestamp],
+    ) -> StoreResult<Vec<WindowCounts>> {
+        operator::endpoint_stats(&self.reader, endpoint_uid, since).await
+    }
+    async fn prune(&self, cutoff: Timestamp, batch: u32) -> StoreResult<u64> {
+        operator::prune(&self.writer, cutoff, batch).await
     }
 }
