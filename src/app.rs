@@ -15,6 +15,7 @@ use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
 use crate::delivery::Engine;
 use crate::domain::Timestamp;
 use crate::http::ratelimit::RateLimiter;
+use crate::publisher::Publisher;
 use crate::store::DynStore;
 use crate::telemetry::Metrics;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// The delivery engine (its HTTP client also sends test events).
     pub engine: Arc<Engine>,
+    /// Commits publishes in groups.
+    pub publisher: Publisher,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             metrics.clone(),
             wake.clone(),
         )?);
+        let publisher = Publisher::start(store.clone(), wake.clone());
         Ok(Self {
             store,
             master_key,
@@ -55,6 +59,7 @@ impl AppState {
             limiter,
             wake,
             engine,
+            publisher,
         })
     }
 }

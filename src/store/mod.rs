@@ -247,6 +247,9 @@ pub struct ClaimRequest {
     pub token: String,
 }
 
+/// The `endpoint_event_types.event_name` of an endpoint that takes every event.
+pub const WILDCARD: &str = "*";
+
 /// The event types every new org starts with: Fullstory's documented ones.
 pub const DEFAULT_CATALOG: &[(&str, &str, bool)] = &[
     ("note.created", "Note Created", false),

@@ -12,11 +12,10 @@ use crate::store::{
 /// Inserts one event and a delivery per target in one statement: the targets are
 /// counted and fanned out from the same snapshot.
 const PUBLISH_ONE: &str = "WITH targets AS ( \
-      SELECT e.uid FROM endpoints e \
-      WHERE e.org_id = $2 AND e.enabled AND e.deleted_ms IS NULL AND ( \
-        EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid \
-                AND t.event_name = $3 AND t.subcategory = COALESCE($4, '')) \
-        OR NOT EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid))), \
+      SELECT e.uid FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+      WHERE t.org_id = $2 AND ((t.event_name = $3 AND t.subcategory = COALESCE($4, '')) \
+                               OR (t.event_name = '*' AND t.subcategory = '')) \
+        AND e.enabled AND e.deleted_ms IS NULL), \
     ev AS ( \
       INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
       VALUES ($1, $2, $3, $4, $5, $6, (SELECT COUNT(*) FROM targets), $7) RETURNING seq, deliveries), \

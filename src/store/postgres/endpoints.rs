@@ -54,7 +54,14 @@ async fn write_event_types(
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    for (position, et) in event_types.iter().enumerate() {
+    // An endpoint without subscriptions takes every event: one wildcard row stands
+    // for that, so fan-out is an index lookup either way.
+    let wildcard = [EventTypeRef {
+        event_name: crate::store::WILDCARD.to_owned(),
+        subcategory: None,
+    }];
+    let rows = if event_types.is_empty() { &wildcard[..] } else { event_types };
+    for (position, et) in rows.iter().enumerate() {
         sqlx::query(
             "INSERT INTO endpoint_event_types (endpoint_uid, position, org_id, event_name, subcategory) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -95,12 +102,16 @@ async fn load_event_types<'e>(
     .map_err(map_err)?;
     let mut by_uid: HashMap<i64, Vec<EventTypeRef>> = HashMap::new();
     for row in rows {
+        let name: String = row.get("event_name");
+        if name == crate::store::WILDCARD {
+            continue;
+        }
         let sub: String = row.get("subcategory");
         by_uid
             .entry(row.get("endpoint_uid"))
             .or_default()
             .push(EventTypeRef {
-                event_name: row.get("event_name"),
+                event_name: name,
                 subcategory: (!sub.is_empty()).then_some(sub),
             });
     }

@@ -1,6 +1,6 @@
 //! Events and the delivery queue on SQLite.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::map_err;
 use crate::domain::{OrgId, Timestamp};
@@ -8,15 +8,15 @@ use crate::store::{
     AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreError, StoreResult,
 };
 
-/// Endpoints of the event's org that are live, enabled and subscribed to it (an
-/// endpoint with no subscriptions takes every event).
+/// Endpoints of the event's org that are live, enabled and subscribed to it, or to
+/// everything (the wildcard row), found through the route index.
 const FAN_OUT: &str = "INSERT INTO deliveries \
     (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-    SELECT ?1, e.uid, e.org_id, 'pending', 0, ?2, ?2, ?2 FROM endpoints e \
-    WHERE e.org_id = ?3 AND e.enabled = 1 AND e.deleted_ms IS NULL AND ( \
-      EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid \
-              AND t.event_name = ?4 AND t.subcategory = ?5) \
-      OR NOT EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid))";
+    SELECT ?1, e.uid, e.org_id, 'pending', 0, ?2, ?2, ?2 \
+    FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+    WHERE t.org_id = ?3 AND ((t.event_name = ?4 AND t.subcategory = ?5) \
+                             OR (t.event_name = '*' AND t.subcategory = '')) \
+      AND e.enabled = 1 AND e.deleted_ms IS NULL";
 
 pub(super) async fn publish(
     pool: &SqlitePool,
@@ -24,6 +24,11 @@ pub(super) async fn publish(
     now: Timestamp,
     window_ms: i64,
 ) -> StoreResult<Vec<Published>> {
+    // Durable: the 202 waits for this commit to reach the disk.
+    sqlx::query("PRAGMA synchronous = FULL")
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
@@ -100,8 +105,8 @@ fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
     format!("{{{}}}", pairs.join(","))
 }
 
-pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+pub(super) async fn claim_due(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     // Due rows, skipping endpoints already at their limit here, at most `per_endpoint -
     // in flight` per endpoint.
     let claimed = sqlx::query(
@@ -167,12 +172,12 @@ pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreRes
 }
 
 pub(super) async fn record_attempts(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     records: &[AttemptRecord],
     now: Timestamp,
     disable_after_ms: i64,
 ) -> StoreResult<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     for r in records {
         if let Some(attempt_no) = r.attempt_no {
             sqlx::query(
@@ -221,7 +226,7 @@ pub(super) async fn record_attempts(
 }
 
 pub(super) async fn release(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     token: &str,
     ids: &[i64],
     at: Timestamp,
@@ -234,14 +239,14 @@ pub(super) async fn release(
     .bind(at.millis())
     .bind(token)
     .bind(ids)
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_err)?;
     Ok(())
 }
 
 pub(super) async fn park_endpoint(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     uid: i64,
     now: Timestamp,
     until: Timestamp,
@@ -253,7 +258,7 @@ pub(super) async fn park_endpoint(
     .bind(until.millis())
     .bind(uid)
     .bind(now.millis())
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_err)?;
     Ok(())

@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqlitePool};
 
 use super::{
     ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
@@ -67,6 +68,31 @@ impl SqliteStore {
                 .with_context(|| format!("cannot open SQLite database {url}"))?
         };
         Ok(Self { writer, reader })
+    }
+}
+
+impl SqliteStore {
+    /// The writer connection, set so that commits do not wait for fsync. For the queue's
+    /// own bookkeeping only (claims, outcomes, releases, parking): losing such a commit
+    /// to a power cut makes a delivery happen again, never lose it, and the next durable
+    /// commit (a publish) syncs the WAL they are in anyway.
+    async fn relaxed_writer(&self) -> StoreResult<PoolConnection<Sqlite>> {
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        Ok(conn)
+    }
+
+    /// Puts the writer connection back to fsync-on-commit, the default every other
+    /// write relies on.
+    async fn restore(conn: &mut PoolConnection<Sqlite>) -> StoreResult<()> {
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut **conn)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
     }
 }
 
@@ -213,7 +239,10 @@ impl Store for SqliteStore {
         delivery::publish(&self.writer, events, now, idempotency_window_ms).await
     }
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
-        delivery::claim_due(&self.writer, request).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::claim_due(&mut conn, request).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn record_attempts(
         &self,
@@ -221,10 +250,16 @@ impl Store for SqliteStore {
         now: Timestamp,
         disable_after_ms: i64,
     ) -> StoreResult<()> {
-        delivery::record_attempts(&self.writer, records, now, disable_after_ms).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::record_attempts(&mut conn, records, now, disable_after_ms).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()> {
-        delivery::release(&self.writer, token, delivery_ids, at).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::release(&mut conn, token, delivery_ids, at).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn park_endpoint(
         &self,
@@ -232,7 +267,10 @@ impl Store for SqliteStore {
         now: Timestamp,
         until: Timestamp,
     ) -> StoreResult<()> {
-        delivery::park_endpoint(&self.writer, endpoint_uid, now, until).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::park_endpoint(&mut conn, endpoint_uid, now, until).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
         delivery::next_due(&self.reader).await
