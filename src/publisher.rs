@@ -39,7 +39,10 @@ impl Publisher {
     pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, ApiError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || ApiError::Unavailable(anyhow::anyhow!("the publisher has stopped"));
-        self.jobs.send((events, reply)).await.map_err(|_| stopped())?;
+        self.jobs
+            .send((events, reply))
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -54,7 +57,11 @@ fn share(err: &StoreError) -> ApiError {
     }
 }
 
-async fn commit_loop(store: DynStore, wake: Arc<Notify>, mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>) {
+async fn commit_loop(
+    store: DynStore,
+    wake: Arc<Notify>,
+    mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>,
+) {
     let mut waiting = std::collections::VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -74,7 +81,9 @@ async fn commit_loop(store: DynStore, wake: Arc<Notify>, mut rx: mpsc::Receiver<
                 break;
             }
         }
-        let result = store.publish(&events, Timestamp::now(), IDEMPOTENCY_WINDOW_MS).await;
+        let result = store
+            .publish(&events, Timestamp::now(), IDEMPOTENCY_WINDOW_MS)
+            .await;
         match result {
             Ok(published) => {
                 wake.notify_one();

@@ -29,7 +29,12 @@ impl Conn {
     }
 
     /// POSTs `body` to `path`; returns the status and the response body.
-    pub async fn post(&mut self, path: &str, auth: Option<&str>, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
+    pub async fn post(
+        &mut self,
+        path: &str,
+        auth: Option<&str>,
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Bytes)> {
         let mut req = Request::post(path)
             .header("host", self.addr.to_string())
             .header("content-type", "application/json");
@@ -46,7 +51,13 @@ impl Conn {
 
 /// Sends `total` requests from `concurrency` connections; `make(i)` gives request i's
 /// path and body. Fails on any non-2xx answer.
-pub async fn run<F>(addr: SocketAddr, concurrency: usize, total: usize, auth: Option<String>, make: F) -> anyhow::Result<()>
+pub async fn run<F>(
+    addr: SocketAddr,
+    concurrency: usize,
+    total: usize,
+    auth: Option<String>,
+    make: F,
+) -> anyhow::Result<()>
 where
     F: Fn(usize) -> (String, Bytes) + Send + Sync + 'static,
 {
@@ -64,7 +75,11 @@ where
                 }
                 let (path, body) = make(i);
                 let (status, answer) = conn.post(&path, auth.as_deref(), body).await?;
-                anyhow::ensure!((200..300).contains(&status), "{path} answered {status}: {}", String::from_utf8_lossy(&answer));
+                anyhow::ensure!(
+                    (200..300).contains(&status),
+                    "{path} answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
             }
         });
     }

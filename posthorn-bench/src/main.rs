@@ -20,7 +20,10 @@ pub enum Store {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "posthorn-bench", about = "Benchmark posthorn against this machine's ceiling")]
+#[command(
+    name = "posthorn-bench",
+    about = "Benchmark posthorn against this machine's ceiling"
+)]
 pub struct Args {
     /// Events per throughput phase (publish, end-to-end to 1 endpoint; to 10 endpoints
     /// and to 1,000 endpoints the same number of deliveries).

@@ -38,7 +38,9 @@ fn progress(msg: &str) {
 
 /// A body the size of posthorn's envelope for `{"i": n}`.
 fn ceiling_body(i: usize) -> Bytes {
-    Bytes::from(format!(r#"{{"eventName":"bench.one","version":1,"data":{{"i":{i}}}}}"#))
+    Bytes::from(format!(
+        r#"{{"eventName":"bench.one","version":1,"data":{{"i":{i}}}}}"#
+    ))
 }
 
 fn event(name: &str, i: usize) -> Bytes {
@@ -67,18 +69,39 @@ async fn drained(c: &Counters, n: u64, from_ns: u64, what: &str) -> anyhow::Resu
 }
 
 async fn admin(conn: &mut Conn, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-    let (status, answer) = conn.post(path, Some(ADMIN_KEY), Bytes::from(body.to_string())).await?;
+    let (status, answer) = conn
+        .post(path, Some(ADMIN_KEY), Bytes::from(body.to_string()))
+        .await?;
     if !(200..300).contains(&status) {
-        bail!("{path} answered {status}: {}", String::from_utf8_lossy(&answer));
+        bail!(
+            "{path} answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
     Ok(())
 }
 
-async fn endpoints(conn: &mut Conn, rx: std::net::SocketAddr, prefix: &str, event: &str, n: usize) -> anyhow::Result<()> {
-    admin(conn, "/webhooks/v1/event-types", json!({"eventName": event})).await?;
+async fn endpoints(
+    conn: &mut Conn,
+    rx: std::net::SocketAddr,
+    prefix: &str,
+    event: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    admin(
+        conn,
+        "/webhooks/v1/event-types",
+        json!({"eventName": event}),
+    )
+    .await?;
     for i in 0..n {
         let url = format!("http://{rx}/{prefix}/{i}");
-        admin(conn, "/webhooks/v1/endpoints", json!({"url": url, "secret": "bench-secret", "eventTypes": [{"eventName": event}]})).await?;
+        admin(
+            conn,
+            "/webhooks/v1/endpoints",
+            json!({"url": url, "secret": "bench-secret", "eventTypes": [{"eventName": event}]}),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -97,7 +120,9 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     let c = args.concurrency;
     let n = args.events;
 
-    progress(&format!("ceiling: {n} posts straight to the receiver over {c} keep-alive connections"));
+    progress(&format!(
+        "ceiling: {n} posts straight to the receiver over {c} keep-alive connections"
+    ));
     let t = Instant::now();
     load::run(rx, c, n, None, |i| ("/ceiling".to_owned(), ceiling_body(i))).await?;
     let ceiling_rps = n as f64 / t.elapsed().as_secs_f64();
@@ -115,10 +140,20 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     };
     progress(&format!("starting posthorn on {database_url}"));
     let per_endpoint = c.to_string();
-    let posthorn = Posthorn::start(bin, &database_url, &[("POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT", per_endpoint)]).await?;
+    let posthorn = Posthorn::start(
+        bin,
+        &database_url,
+        &[("POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT", per_endpoint)],
+    )
+    .await?;
     let api = posthorn.addr;
     let mut conn = Conn::open(api).await?;
-    admin(&mut conn, "/webhooks/v1/event-types", json!({"eventName": "bench.nobody"})).await?;
+    admin(
+        &mut conn,
+        "/webhooks/v1/event-types",
+        json!({"eventName": "bench.nobody"}),
+    )
+    .await?;
     endpoints(&mut conn, rx, "one", "bench.one", 1).await?;
     endpoints(&mut conn, rx, "ten", "bench.ten", args.endpoints).await?;
     endpoints(&mut conn, rx, "lat", "bench.lat", 1).await?;
@@ -126,16 +161,31 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     endpoints(&mut conn, rx, "fan", "bench.fan", args.fanout).await?;
     let key = Some(ADMIN_KEY.to_owned());
 
-    progress(&format!("publish: {n} single publishes (no subscribers), {c} connections"));
+    progress(&format!(
+        "publish: {n} single publishes (no subscribers), {c} connections"
+    ));
     let t = Instant::now();
-    load::run(api, c, n, key.clone(), |i| ("/webhooks/v1/events".to_owned(), event("bench.nobody", i))).await?;
+    load::run(api, c, n, key.clone(), |i| {
+        ("/webhooks/v1/events".to_owned(), event("bench.nobody", i))
+    })
+    .await?;
     let publish_rps = n as f64 / t.elapsed().as_secs_f64();
 
     progress(&format!("publish: {n} events in batches of 100"));
     let t = Instant::now();
     load::run(api, c.min(8), n.div_ceil(100), key.clone(), |b| {
-        let events: Vec<String> = (0..100).map(|i| format!(r#"{{"eventName":"bench.nobody","data":{{"i":{}}}}}"#, b * 100 + i)).collect();
-        ("/webhooks/v1/events/batch".to_owned(), Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(","))))
+        let events: Vec<String> = (0..100)
+            .map(|i| {
+                format!(
+                    r#"{{"eventName":"bench.nobody","data":{{"i":{}}}}}"#,
+                    b * 100 + i
+                )
+            })
+            .collect();
+        (
+            "/webhooks/v1/events/batch".to_owned(),
+            Bytes::from(format!(r#"{{"events":[{}]}}"#, events.join(","))),
+        )
     })
     .await?;
     let publish_batch_rps = (n.div_ceil(100) * 100) as f64 / t.elapsed().as_secs_f64();
@@ -143,36 +193,61 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     progress(&format!("end to end: {n} events to 1 endpoint"));
     counters.reset();
     let from = epoch.elapsed().as_nanos() as u64;
-    load::run(api, c, n, key.clone(), |i| ("/webhooks/v1/events".to_owned(), event("bench.one", i))).await?;
+    load::run(api, c, n, key.clone(), |i| {
+        ("/webhooks/v1/events".to_owned(), event("bench.one", i))
+    })
+    .await?;
     let e2e_rps = n as f64 / drained(&counters, n as u64, from, "1 endpoint").await?;
 
     let multi_events = n / args.endpoints.max(1);
     let multi = (multi_events * args.endpoints) as u64;
-    progress(&format!("end to end: {multi_events} events to {} endpoints ({multi} deliveries)", args.endpoints));
+    progress(&format!(
+        "end to end: {multi_events} events to {} endpoints ({multi} deliveries)",
+        args.endpoints
+    ));
     counters.reset();
     let from = epoch.elapsed().as_nanos() as u64;
-    load::run(api, c, multi_events, key.clone(), |i| ("/webhooks/v1/events".to_owned(), event("bench.ten", i))).await?;
+    load::run(api, c, multi_events, key.clone(), |i| {
+        ("/webhooks/v1/events".to_owned(), event("bench.ten", i))
+    })
+    .await?;
     let e2e_multi_rps = multi as f64 / drained(&counters, multi, from, "multi endpoint").await?;
 
     let fan_events = (n / args.fanout.max(1)).max(1);
     let fan = (fan_events * args.fanout) as u64;
-    progress(&format!("fan-out: {fan_events} events to {} endpoints ({fan} deliveries)", args.fanout));
+    progress(&format!(
+        "fan-out: {fan_events} events to {} endpoints ({fan} deliveries)",
+        args.fanout
+    ));
     counters.reset();
     let from = epoch.elapsed().as_nanos() as u64;
-    load::run(api, c.min(fan_events), fan_events, key.clone(), |i| ("/webhooks/v1/events".to_owned(), event("bench.fan", i))).await?;
+    load::run(api, c.min(fan_events), fan_events, key.clone(), |i| {
+        ("/webhooks/v1/events".to_owned(), event("bench.fan", i))
+    })
+    .await?;
     let fanout_rps = fan as f64 / drained(&counters, fan, from, "fan-out").await?;
 
     let total = (args.rate * args.latency_secs) as usize;
-    progress(&format!("latency: {total} events at {}/s to 1 endpoint", args.rate));
+    progress(&format!(
+        "latency: {total} events at {}/s to 1 endpoint",
+        args.rate
+    ));
     counters.reset();
     counters.measure_latency.store(true, Ordering::SeqCst);
     paced(api, args.rate, total, c, epoch).await?;
     drained(&counters, total as u64, 0, "latency").await?;
     counters.measure_latency.store(false, Ordering::SeqCst);
-    let mut lat = std::mem::take(&mut *counters.latencies_ns.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let mut lat = std::mem::take(
+        &mut *counters
+            .latencies_ns
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?,
+    );
     lat.sort_unstable();
 
-    let rss_mib = posthorn.peak_rss_mib().context("reading the peak RSS of posthorn")?;
+    let rss_mib = posthorn
+        .peak_rss_mib()
+        .context("reading the peak RSS of posthorn")?;
     posthorn.stop().await;
     Ok(Report {
         store: args.store,
@@ -194,7 +269,13 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
 }
 
 /// Publishes `total` events at `rate` per second, each stamped with its send time.
-async fn paced(api: std::net::SocketAddr, rate: u64, total: usize, c: usize, epoch: Instant) -> anyhow::Result<()> {
+async fn paced(
+    api: std::net::SocketAddr,
+    rate: u64,
+    total: usize,
+    c: usize,
+    epoch: Instant,
+) -> anyhow::Result<()> {
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut workers = tokio::task::JoinSet::new();
@@ -211,7 +292,9 @@ async fn paced(api: std::net::SocketAddr, rate: u64, total: usize, c: usize, epo
                 tokio::time::sleep_until(start + period * i as u32).await;
                 let t = epoch.elapsed().as_nanos() as u64;
                 let body = format!(r#"{{"eventName":"bench.lat","data":{{"i":{i},"t":{t}}}}}"#);
-                let (status, _) = conn.post("/webhooks/v1/events", Some(ADMIN_KEY), Bytes::from(body)).await?;
+                let (status, _) = conn
+                    .post("/webhooks/v1/events", Some(ADMIN_KEY), Bytes::from(body))
+                    .await?;
                 anyhow::ensure!(status == 202, "publish answered {status}");
             }
         });
@@ -229,16 +312,54 @@ impl Report {
         eprintln!("posthorn-bench ({:?} store)", self.store);
         eprintln!("{:<44} {:>12} {:>10}", "measure", "value", "% ceiling");
         let row = |name: &str, v: f64, unit: &str, of_ceiling: bool| {
-            let share = if of_ceiling { format!("{:.1}%", pct(v)) } else { String::new() };
+            let share = if of_ceiling {
+                format!("{:.1}%", pct(v))
+            } else {
+                String::new()
+            };
             eprintln!("{name:<44} {v:>9.0} {unit:<2} {share:>10}");
         };
-        row("ceiling: direct posts to the receiver", self.ceiling_rps, "/s", true);
-        row("publish, single (durable 202s)", self.publish_rps, "/s", true);
-        row("publish, batches of 100 (events)", self.publish_batch_rps, "/s", true);
-        row("end to end, 1 endpoint (deliveries)", self.e2e_rps, "/s", true);
-        row(&format!("end to end, {} endpoints (deliveries)", self.endpoints), self.e2e_multi_rps, "/s", true);
-        row(&format!("fan-out, {} endpoints (deliveries)", self.fanout), self.fanout_rps, "/s", true);
-        eprintln!("{:<44} {:>9.2} ms", format!("latency at {}/s: p50", self.rate), self.p50_ms);
+        row(
+            "ceiling: direct posts to the receiver",
+            self.ceiling_rps,
+            "/s",
+            true,
+        );
+        row(
+            "publish, single (durable 202s)",
+            self.publish_rps,
+            "/s",
+            true,
+        );
+        row(
+            "publish, batches of 100 (events)",
+            self.publish_batch_rps,
+            "/s",
+            true,
+        );
+        row(
+            "end to end, 1 endpoint (deliveries)",
+            self.e2e_rps,
+            "/s",
+            true,
+        );
+        row(
+            &format!("end to end, {} endpoints (deliveries)", self.endpoints),
+            self.e2e_multi_rps,
+            "/s",
+            true,
+        );
+        row(
+            &format!("fan-out, {} endpoints (deliveries)", self.fanout),
+            self.fanout_rps,
+            "/s",
+            true,
+        );
+        eprintln!(
+            "{:<44} {:>9.2} ms",
+            format!("latency at {}/s: p50", self.rate),
+            self.p50_ms
+        );
         eprintln!("{:<44} {:>9.2} ms", "                 p90", self.p90_ms);
         eprintln!("{:<44} {:>9.2} ms", "                 p99", self.p99_ms);
         eprintln!("{:<44} {:>9.2} ms", "                 max", self.max_ms);

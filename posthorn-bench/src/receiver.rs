@@ -32,8 +32,16 @@ impl Counters {
     }
 }
 
-async fn handle(c: Arc<Counters>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+async fn handle(
+    c: Arc<Counters>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let now = c.epoch.elapsed().as_nanos() as u64;
     if c.measure_latency.load(Ordering::Relaxed) {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
@@ -63,12 +71,16 @@ pub async fn start(epoch: Instant) -> anyhow::Result<(SocketAddr, Arc<Counters>)
     let c = counters.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let c = c.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(c.clone(), req));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });

@@ -21,7 +21,15 @@ pub fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Ok(cargo) = std::env::var("CARGO") {
         eprintln!("building posthorn (release) ...");
         let status = std::process::Command::new(cargo)
-            .args(["build", "--release", "--quiet", "-p", "posthorn", "--bin", "posthorn"])
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "posthorn",
+                "--bin",
+                "posthorn",
+            ])
             .status()
             .context("running cargo build")?;
         if !status.success() {
@@ -29,7 +37,10 @@ pub fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         }
     }
     if !sibling.exists() {
-        bail!("{} not found: build it (cargo build --release) or pass --bin", sibling.display());
+        bail!(
+            "{} not found: build it (cargo build --release) or pass --bin",
+            sibling.display()
+        );
     }
     Ok(sibling)
 }
@@ -40,8 +51,14 @@ pub struct Posthorn {
 }
 
 impl Posthorn {
-    pub async fn start(bin: &Path, database_url: &str, extra: &[(&str, String)]) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    pub async fn start(
+        bin: &Path,
+        database_url: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -58,7 +75,9 @@ impl Posthorn {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             if Instant::now() > deadline {
@@ -85,7 +104,10 @@ impl Posthorn {
 
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }

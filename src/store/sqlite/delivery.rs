@@ -105,7 +105,10 @@ fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
     format!("{{{}}}", pairs.join(","))
 }
 
-pub(super) async fn claim_due(conn: &mut SqliteConnection, req: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
+pub(super) async fn claim_due(
+    conn: &mut SqliteConnection,
+    req: &ClaimRequest,
+) -> StoreResult<Vec<Claimed>> {
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     // Due rows, skipping endpoints already at their limit here, at most `per_endpoint -
     // in flight` per endpoint.

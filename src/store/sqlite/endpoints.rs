@@ -60,7 +60,11 @@ async fn write_event_types(
         event_name: crate::store::WILDCARD.to_owned(),
         subcategory: None,
     }];
-    let rows = if event_types.is_empty() { &wildcard[..] } else { event_types };
+    let rows = if event_types.is_empty() {
+        &wildcard[..]
+    } else {
+        event_types
+    };
     for (position, et) in rows.iter().enumerate() {
         sqlx::query(
             "INSERT INTO endpoint_event_types (endpoint_uid, position, org_id, event_name, subcategory) \
