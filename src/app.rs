@@ -15,6 +15,7 @@ use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
 use crate::delivery::Engine;
 use crate::domain::Timestamp;
 use crate::http::ratelimit::RateLimiter;
+use crate::publisher::Publisher;
 use crate::store::DynStore;
 use crate::telemetry::Metrics;
 
@@ -28,6 +29,10 @@ pub struct AppState {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Wakes the delivery dispatcher when work was queued.
     pub wake: Arc<Notify>,
+    /// The delivery engine (its HTTP client also sends test events).
+    pub engine: Arc<Engine>,
+    /// Commits publishes in groups.
+    pub publisher: Publisher,
 }
 
 impl AppState {
@@ -35,13 +40,26 @@ impl AppState {
         let store = crate::store::connect(&config.database).await?;
         let master_key = load_master_key(&config, &store).await?;
         let limiter = RateLimiter::new(config.rate_limit, config.rate_limit_burst).map(Arc::new);
+        let metrics = Arc::new(Metrics::new());
+        let wake = Arc::new(Notify::new());
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            master_key.clone(),
+            config.delivery.clone(),
+            config.allow_private_targets,
+            metrics.clone(),
+            wake.clone(),
+        )?);
+        let publisher = Publisher::start(store.clone(), wake.clone());
         Ok(Self {
             store,
             master_key,
             config: Arc::new(config),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             limiter,
-            wake: Arc::new(Notify::new()),
+            wake,
+            engine,
+            publisher,
         })
     }
 }
@@ -101,14 +119,7 @@ impl Server {
             // died are void, so its work is taken up at once instead of after the lease.
             state.store.expire_leases(Timestamp::now()).await?;
         }
-        let engine = Arc::new(Engine::new(
-            state.store.clone(),
-            state.master_key.clone(),
-            state.config.delivery.clone(),
-            state.config.allow_private_targets,
-            state.metrics.clone(),
-            state.wake.clone(),
-        )?);
+        let engine = state.engine.clone();
         let workers = state.config.workers;
         Ok(Self {
             listener,

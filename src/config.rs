@@ -128,6 +128,18 @@ pub struct DeliveryConfig {
     #[arg(long, env = "POSTHORN_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
+    /// An endpoint whose every attempt has failed for this long is disabled.
+    #[arg(long, env = "POSTHORN_AUTO_DISABLE_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
+    pub auto_disable_after: Duration,
+
+    /// Finished deliveries, their attempts and their events are deleted after this long.
+    #[arg(long, env = "POSTHORN_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// How often the retention job looks for what to delete.
+    #[arg(long, env = "POSTHORN_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
     /// Largest `data` of one published event, in bytes (compact JSON).
     #[arg(long, env = "POSTHORN_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,
@@ -143,6 +155,9 @@ impl Default for DeliveryConfig {
             max_in_flight_per_endpoint: 32,
             lease_margin: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            auto_disable_after: Duration::from_secs(5 * 24 * 3600),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            retention_interval: Duration::from_secs(60),
             max_payload_bytes: 256 * 1024,
         }
     }

@@ -11,5 +11,6 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod listen;
+pub mod publisher;
 pub mod store;
 pub mod telemetry;

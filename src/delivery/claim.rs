@@ -1,6 +1,12 @@
-//! The dispatcher loop: claim what is due, start one task per attempt, wait.
+//! The dispatcher loop: claim due deliveries ahead of need into per-endpoint buffers,
+//! start attempts as slots free up, and wait for work.
+//!
+//! Claims are batched: an endpoint is refilled only once its buffer has drained below
+//! its concurrency limit, and the store is asked again only when something may be due
+//! (a publish, a notification from another node, the poll timer, or an endpoint that
+//! needs refilling). Buffered deliveries are leased like running ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,80 +16,145 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dispatch, record, Engine};
 use crate::domain::Timestamp;
-use crate::store::{ClaimRequest, Claimed};
+use crate::store::{AttemptRecord, ClaimRequest, Claimed};
 
 /// Most deliveries claimed in one go.
-const CLAIM_BATCH: usize = 256;
+const CLAIM_BATCH: usize = 512;
 /// An endpoint whose slots are all taken by attempts older than this is parked.
 const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
 
-/// Work in flight in this process.
-#[derive(Default)]
+/// Work held by this process: attempts in flight and claimed deliveries waiting.
 struct Load {
-    /// delivery id -> (claim token, endpoint uid, started)
-    deliveries: HashMap<i64, (String, i64, Instant)>,
+    limit: u32,
+    /// delivery id -> (claim token, endpoint uid, started), attempts in flight
+    running: HashMap<i64, (String, i64, Instant)>,
     /// endpoint uid -> attempts in flight
     per_endpoint: HashMap<i64, u32>,
+    /// endpoint uid -> claimed deliveries waiting for a slot
+    buffered: HashMap<i64, VecDeque<(Claimed, String)>>,
+    buffered_total: usize,
     /// endpoint uid -> parked until
     parked: HashMap<i64, Instant>,
 }
 
 impl Load {
-    fn start(&mut self, c: &Claimed, token: &str) {
-        self.deliveries.insert(
-            c.delivery_id,
-            (token.to_owned(), c.endpoint_uid, Instant::now()),
-        );
-        *self.per_endpoint.entry(c.endpoint_uid).or_default() += 1;
-    }
-
-    fn finish(&mut self, delivery_id: i64) {
-        if let Some((_, uid, _)) = self.deliveries.remove(&delivery_id) {
-            if let Some(n) = self.per_endpoint.get_mut(&uid) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_endpoint.remove(&uid);
-                }
-            }
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            running: HashMap::new(),
+            per_endpoint: HashMap::new(),
+            buffered: HashMap::new(),
+            buffered_total: 0,
+            parked: HashMap::new(),
         }
     }
 
+    fn held(&self, uid: i64) -> u32 {
+        self.per_endpoint.get(&uid).copied().unwrap_or(0)
+            + self.buffered.get(&uid).map_or(0, |q| q.len() as u32)
+    }
+
+    /// What to tell the claim about each endpoint: an endpoint holding at least its
+    /// limit is reported full (not refilled yet), the others as they are.
     fn snapshot(&self) -> Vec<(i64, u32)> {
-        self.per_endpoint.iter().map(|(k, v)| (*k, *v)).collect()
+        let uids = self.per_endpoint.keys().chain(self.buffered.keys());
+        let mut out: Vec<(i64, u32)> = uids
+            .map(|&uid| {
+                let held = self.held(uid);
+                (
+                    uid,
+                    if held >= self.limit {
+                        2 * self.limit
+                    } else {
+                        held
+                    },
+                )
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn buffer(&mut self, c: Claimed, token: &str) {
+        self.buffered
+            .entry(c.endpoint_uid)
+            .or_default()
+            .push_back((c, token.to_owned()));
+        self.buffered_total += 1;
+    }
+
+    /// Buffered deliveries whose endpoint has a free slot, up to `room` of them.
+    fn startable(&mut self, mut room: usize) -> Vec<(Claimed, String)> {
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for (uid, queue) in self.buffered.iter_mut() {
+            let running = self.per_endpoint.entry(*uid).or_default();
+            while room > 0 && *running < self.limit {
+                let Some((c, token)) = queue.pop_front() else {
+                    break;
+                };
+                *running += 1;
+                room -= 1;
+                self.running
+                    .insert(c.delivery_id, (token.clone(), *uid, now));
+                out.push((c, token));
+            }
+        }
+        self.buffered.retain(|_, q| !q.is_empty());
+        self.per_endpoint.retain(|_, n| *n > 0);
+        self.buffered_total -= out.len();
+        out
+    }
+
+    /// Marks an attempt done; true when its endpoint now needs refilling.
+    fn finish(&mut self, delivery_id: i64) -> bool {
+        let Some((_, uid, _)) = self.running.remove(&delivery_id) else {
+            return false;
+        };
+        if let Some(n) = self.per_endpoint.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_endpoint.remove(&uid);
+            }
+        }
+        self.held(uid) + 1 == self.limit
     }
 
     /// Endpoints whose every slot is held by a slow attempt, with how long to park them
     /// (until the oldest of those attempts must have ended).
-    fn slow_saturated(&mut self, per_endpoint: u32, timeout: Duration) -> Vec<(i64, Duration)> {
+    fn slow_saturated(&mut self, timeout: Duration) -> Vec<(i64, Duration)> {
         let now = Instant::now();
         self.parked.retain(|_, until| *until > now);
-        let mut out = Vec::new();
-        for (&uid, &n) in &self.per_endpoint {
-            if n < per_endpoint || self.parked.contains_key(&uid) {
-                continue;
-            }
-            let newest = self
-                .deliveries
-                .values()
-                .filter(|(_, u, _)| *u == uid)
-                .map(|(_, _, started)| now.duration_since(*started))
-                .min()
-                .unwrap_or_default();
-            if newest >= SLOW_ATTEMPT {
-                let oldest = self
-                    .deliveries
-                    .values()
-                    .filter(|(_, u, _)| *u == uid)
-                    .map(|(_, _, started)| now.duration_since(*started))
-                    .max()
-                    .unwrap_or_default();
-                out.push((uid, timeout.saturating_sub(oldest).max(SLOW_ATTEMPT)));
-            }
+        let mut ages: HashMap<i64, (Duration, Duration)> = HashMap::new();
+        for (_, uid, started) in self.running.values() {
+            let age = now.duration_since(*started);
+            let e = ages.entry(*uid).or_insert((age, age));
+            e.0 = e.0.min(age);
+            e.1 = e.1.max(age);
         }
-        for (uid, park) in &out {
-            self.parked.insert(*uid, now + *park);
+        let mut out = Vec::new();
+        for (uid, (newest, oldest)) in ages {
+            let full = self.per_endpoint.get(&uid).copied().unwrap_or(0) >= self.limit;
+            if full && newest >= SLOW_ATTEMPT && !self.parked.contains_key(&uid) {
+                let park = timeout.saturating_sub(oldest).max(SLOW_ATTEMPT);
+                self.parked.insert(uid, now + park);
+                out.push((uid, park));
+            }
         }
         out
+    }
+
+    /// Everything held, by claim token (to release at shutdown).
+    fn held_by_token(self) -> HashMap<String, Vec<i64>> {
+        let mut by_token: HashMap<String, Vec<i64>> = HashMap::new();
+        for (id, (token, _, _)) in self.running {
+            by_token.entry(token).or_default().push(id);
+        }
+        for (c, token) in self.buffered.into_values().flatten() {
+            by_token.entry(token).or_default().push(c.delivery_id);
+        }
+        by_token
     }
 }
 
@@ -91,49 +162,61 @@ fn after(now: Timestamp, d: Duration) -> Timestamp {
     Timestamp::from_millis(now.millis() + d.as_millis() as i64)
 }
 
+fn spawn_attempt(
+    tasks: &mut JoinSet<i64>,
+    engine: &Arc<Engine>,
+    done: &mpsc::Sender<AttemptRecord>,
+    c: Claimed,
+    token: String,
+) {
+    let (engine, done) = (engine.clone(), done.clone());
+    tasks.spawn(async move {
+        let record = dispatch::attempt(&engine, &c, &token).await;
+        engine.metrics.observe_attempt(&record, c.event_created);
+        let _ = done.send(record).await;
+        c.delivery_id
+    });
+}
+
 pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace: Duration) {
     let (done_tx, done_rx) = mpsc::channel(4 * CLAIM_BATCH);
     let recorder = tokio::spawn(record::run(engine.clone(), done_rx));
     let mut tasks: JoinSet<i64> = JoinSet::new();
-    let mut load = Load::default();
-    let mut claims = 0u64;
+    let limit = engine.config.max_in_flight_per_endpoint.max(1);
+    let mut load = Load::new(limit);
     let max = engine.config.max_in_flight.max(1) as usize;
-    let per_endpoint = engine.config.max_in_flight_per_endpoint.max(1);
+    let mut claims = 0u64;
+    // Something may be due: claim before waiting.
+    let mut maybe_due = true;
+    let mut timer = tokio::time::Instant::now();
 
     while !shutdown.is_cancelled() {
         while let Some(done) = tasks.try_join_next() {
             if let Ok(id) = done {
-                load.finish(id);
+                maybe_due |= load.finish(id);
             }
         }
-        let free = max.saturating_sub(tasks.len()).min(CLAIM_BATCH);
-        let mut more = false;
-        if free > 0 {
+        let room = (2 * max)
+            .saturating_sub(tasks.len() + load.buffered_total)
+            .min(CLAIM_BATCH);
+        if maybe_due && room > 0 {
             claims += 1;
             let token = format!("{}.{claims}", engine.node_id);
             let now = Timestamp::now();
             let request = ClaimRequest {
                 now,
                 lease_until: after(now, engine.lease()),
-                limit: free as u32,
-                per_endpoint,
+                limit: room as u32,
+                per_endpoint: 2 * limit,
                 in_flight: load.snapshot(),
                 token: token.clone(),
             };
             match engine.store.claim_due(&request).await {
                 Ok(claimed) => {
-                    more = claimed.len() == free;
+                    maybe_due = claimed.len() == room;
                     for c in claimed {
-                        load.start(&c, &token);
-                        let (engine, tx, token) = (engine.clone(), done_tx.clone(), token.clone());
-                        tasks.spawn(async move {
-                            let record = dispatch::attempt(&engine, &c, &token).await;
-                            engine.metrics.observe_attempt(&record, c.event_created);
-                            let _ = tx.send(record).await;
-                            c.delivery_id
-                        });
+                        load.buffer(c, &token);
                     }
-                    engine.metrics.set_in_flight(tasks.len());
                 }
                 Err(e) => {
                     tracing::warn!(error = crate::error::chain(&e), "cannot claim deliveries");
@@ -144,11 +227,15 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
                 }
             }
         }
-        if more {
+        for (c, token) in load.startable(max.saturating_sub(tasks.len())) {
+            spawn_attempt(&mut tasks, &engine, &done_tx, c, token);
+        }
+        engine.metrics.set_in_flight(tasks.len());
+        if maybe_due && room > 0 {
             continue;
         }
         let now = Timestamp::now();
-        for (uid, park) in load.slow_saturated(per_endpoint, engine.attempt_timeout) {
+        for (uid, park) in load.slow_saturated(engine.attempt_timeout) {
             tracing::info!(
                 endpoint.uid = uid,
                 park_ms = park.as_millis() as u64,
@@ -158,22 +245,23 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
                 tracing::warn!(error = crate::error::chain(&e), "cannot park endpoint");
             }
         }
-        let poll = engine.config.poll_interval;
-        let wait = match engine.store.next_due().await {
-            Ok(Some(due)) => Duration::from_millis(
-                (due.millis() - now.millis()).clamp(0, poll.as_millis() as i64) as u64,
-            ),
-            _ => poll,
-        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = engine.wake.notified() => {}
+            _ = engine.wake.notified() => maybe_due = true,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(id) = done {
-                    load.finish(id);
+                    maybe_due |= load.finish(id);
                 }
             }
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(timer) => {
+                maybe_due = true;
+                let poll = engine.config.poll_interval;
+                let wait = match engine.store.next_due().await {
+                    Ok(Some(due)) => Duration::from_millis((due.millis() - now.millis()).clamp(1, poll.as_millis() as i64) as u64),
+                    _ => poll,
+                };
+                timer = tokio::time::Instant::now() + wait;
+            }
         }
     }
     drain(&engine, tasks, load, grace).await;
@@ -181,8 +269,8 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
     let _ = recorder.await;
 }
 
-/// Lets attempts in flight finish within `grace`, then releases what is left so that it
-/// is due again at once.
+/// Lets attempts in flight finish within `grace`, then releases what is left (running
+/// or buffered) so that it is due again at once.
 async fn drain(engine: &Engine, mut tasks: JoinSet<i64>, mut load: Load, grace: Duration) {
     let deadline = tokio::time::Instant::now() + grace;
     while !tasks.is_empty() {
@@ -201,12 +289,8 @@ async fn drain(engine: &Engine, mut tasks: JoinSet<i64>, mut load: Load, grace: 
             load.finish(id);
         }
     }
-    let mut by_token: HashMap<String, Vec<i64>> = HashMap::new();
-    for (id, (token, _, _)) in load.deliveries {
-        by_token.entry(token).or_default().push(id);
-    }
     let now = Timestamp::now();
-    for (token, ids) in by_token {
+    for (token, ids) in load.held_by_token() {
         if let Err(e) = engine.store.release(&token, &ids, now).await {
             tracing::warn!(
                 error = crate::error::chain(&e),

@@ -9,12 +9,14 @@
 //! cannot hold up the others.
 //!
 //! Files: `claim` (the dispatcher loop), `dispatch` (one attempt), `sign`, `retry`,
-//! `client` (HTTP client with the SSRF guard), `record` (the outcome writer).
+//! `client` (HTTP client with the SSRF guard), `record` (the outcome writer),
+//! `retention` (pruning of old history).
 
 mod claim;
 pub mod client;
 pub mod dispatch;
 mod record;
+mod retention;
 pub mod retry;
 pub mod sign;
 
@@ -87,6 +89,7 @@ impl Engine {
         let store = self.store.clone();
         let (wake, stop) = (self.wake.clone(), shutdown.clone());
         tokio::spawn(async move { store.watch(wake, stop).await });
+        tokio::spawn(retention::run(self.clone(), shutdown.clone()));
         tokio::spawn(claim::run(self, shutdown, grace))
     }
 }

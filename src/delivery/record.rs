@@ -19,7 +19,12 @@ pub(super) async fn run(engine: Arc<Engine>, mut rx: Receiver<AttemptRecord>) {
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut backoff = Duration::from_millis(50);
         for tries in 1..=TRIES {
-            match engine.store.record_attempts(&batch, Timestamp::now()).await {
+            let disable_after = engine.config.auto_disable_after.as_millis() as i64;
+            match engine
+                .store
+                .record_attempts(&batch, Timestamp::now(), disable_after)
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if tries == TRIES => {
                     tracing::error!(error = crate::error::chain(&e), records = batch.len(), "giving up recording attempts; their deliveries will be retried when their leases end");

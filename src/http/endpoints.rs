@@ -41,6 +41,13 @@ pub struct Endpoint {
     /// Only in the answer to a Create that minted the secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Why posthorn disabled the endpoint (it failed for too long); cleared by an
+    /// Update that enables it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub disabled_at: Option<Timestamp>,
 }
 
 impl From<EndpointRecord> for Endpoint {
@@ -53,6 +60,8 @@ impl From<EndpointRecord> for Endpoint {
             url: r.url,
             event_types: r.event_types,
             secret: None,
+            disabled_reason: r.disabled_reason,
+            disabled_at: if r.enabled { None } else { r.disabled_at },
         }
     }
 }
@@ -91,7 +100,7 @@ fn non_empty(s: Option<String>) -> Option<String> {
 }
 
 /// Parses a URL and applies the SSRF rule unless private targets are allowed.
-async fn checked_url(state: &AppState, raw: &str) -> ApiResult<EndpointUrl> {
+pub(super) async fn checked_url(state: &AppState, raw: &str) -> ApiResult<EndpointUrl> {
     let url = EndpointUrl::parse(raw).map_err(|e| ApiError::invalid("url", e))?;
     if !state.config.allow_private_targets {
         url.check_public()
@@ -101,7 +110,7 @@ async fn checked_url(state: &AppState, raw: &str) -> ApiResult<EndpointUrl> {
     Ok(url)
 }
 
-fn parse_secret(raw: &str) -> ApiResult<Secret> {
+pub(super) fn parse_secret(raw: &str) -> ApiResult<Secret> {
     Secret::parse(raw).map_err(|e| ApiError::invalid("secret", e))
 }
 
@@ -164,7 +173,7 @@ pub async fn list_endpoints(
     }))
 }
 
-async fn load(state: &AppState, org: &OrgId, id: &str) -> ApiResult<EndpointRecord> {
+pub(super) async fn load(state: &AppState, org: &OrgId, id: &str) -> ApiResult<EndpointRecord> {
     Ok(state.store.get_endpoint(org, &url_of(id)?).await?)
 }
 

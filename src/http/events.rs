@@ -1,9 +1,9 @@
 //! Publishing events (posthorn's own operation, CONTRACT §4).
 //!
 //! Policy: every event of a request is validated before any is stored; the event and
-//! all of its deliveries are committed in one transaction before the 202 is sent. The
-//! store write runs in its own task, so a client that hangs up mid-request leaves
-//! either nothing or a fully queued event, never half of one.
+//! all of its deliveries are committed in one transaction before the 202 is sent, by
+//! the group committer (`crate::publisher`), which does not depend on the request: a
+//! client that hangs up mid-request leaves either nothing or a fully queued event.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,12 +20,10 @@ use super::input::JsonBody;
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::domain::event_type::TEST_EVENT;
-use crate::domain::{OrgId, Timestamp};
+use crate::domain::OrgId;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventTypeRecord, NewEvent, Published};
 
-/// A repeated idempotency key is answered from the first event for this long.
-pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most events in one batch.
 pub const MAX_BATCH: usize = 1000;
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -174,20 +172,6 @@ async fn validate(
     })
 }
 
-/// Stores the events in a task of its own (see the module policy) and wakes delivery.
-async fn commit(state: &AppState, events: Vec<NewEvent>) -> ApiResult<Vec<Published>> {
-    let store = state.store.clone();
-    let wake = state.wake.clone();
-    let task = tokio::spawn(async move {
-        let published = store
-            .publish(&events, Timestamp::now(), IDEMPOTENCY_WINDOW_MS)
-            .await?;
-        wake.notify_one();
-        Ok::<_, ApiError>(published)
-    });
-    task.await.map_err(|e| ApiError::Internal(e.into()))?
-}
-
 /// Publish an event
 #[utoipa::path(post, path = "/events", tag = "events", request_body = PublishBody,
     responses((status = 202, body = PublishAnswer), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)),
@@ -199,7 +183,7 @@ pub async fn publish(
 ) -> ApiResult<(StatusCode, Json<PublishAnswer>)> {
     let catalog = state.store.list_event_types(caller.org()).await?;
     let event = validate(&state, caller.org(), &catalog, body, "").await?;
-    let mut published = commit(&state, vec![event]).await?;
+    let mut published = state.publisher.publish(vec![event]).await?;
     let answer = published
         .pop()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("publish answered nothing")))?;
@@ -239,7 +223,7 @@ pub async fn publish_batch(
             .await?,
         );
     }
-    let published = commit(&state, events).await?;
+    let published = state.publisher.publish(events).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(BatchAnswer {

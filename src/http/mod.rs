@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod deliveries;
+pub mod endpoint_ops;
 pub mod endpoints;
 pub mod events;
 pub mod input;
@@ -65,6 +67,8 @@ fn api() -> OpenApiRouter<AppState> {
             endpoints::router()
                 .merge(catalog::router())
                 .merge(events::router())
+                .merge(deliveries::router())
+                .merge(endpoint_ops::router())
                 .merge(keys::router()),
         )
         .merge(ops::router())

@@ -6,6 +6,8 @@
 //! paginated on a per-row sequence number, so paging an unchanging list visits each row
 //! exactly once.
 
+#[macro_use]
+mod operator;
 pub mod postgres;
 pub mod sqlite;
 
@@ -80,6 +82,13 @@ pub struct EndpointRecord {
     pub sealed_secret: Vec<u8>,
     pub created: Timestamp,
     pub modified: Timestamp,
+    /// Set when posthorn disabled the endpoint itself (auto-disable).
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<Timestamp>,
+    /// The previous secret during a rotation's grace period, and when it ends.
+    pub old_secret: Option<(Vec<u8>, Timestamp)>,
+    pub last_success: Option<Timestamp>,
+    pub last_failure: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +142,10 @@ pub struct Claimed {
     pub endpoint_uid: i64,
     pub url: String,
     pub sealed_secret: Vec<u8>,
+    /// The previous secret, while its rotation grace period lasts: it signs too.
+    pub old_sealed_secret: Option<Vec<u8>>,
+    /// `attempts` when the retry schedule last started over (manual retry, recover).
+    pub retry_base: u32,
     /// False when the endpoint was disabled or deleted after the event was published.
     pub endpoint_live: bool,
 }
@@ -156,8 +169,67 @@ pub struct AttemptRecord {
     pub latency_ms: u64,
     pub status_code: Option<u16>,
     pub error: Option<String>,
+    /// `http_status`, `timeout`, `connect`, `ssrf`, `request` or `secret`.
+    pub error_class: Option<&'static str>,
     pub response_body: Option<String>,
     pub outcome: Outcome,
+    pub endpoint_uid: i64,
+}
+
+/// A delivery as the operator API shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    pub event_id: String,
+    pub event_name: String,
+    pub endpoint_url: String,
+    pub endpoint_deleted: bool,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt: Option<Timestamp>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: String,
+    pub event_name: String,
+    pub subcategory: Option<String>,
+    pub body: Vec<u8>,
+    pub created: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptView {
+    pub attempt_no: u32,
+    pub started: Timestamp,
+    pub latency_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub error_class: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// Which deliveries of an endpoint to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub state: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// Only deliveries with a smaller id (the pagination position).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// Counts of finished deliveries in one recent window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowCounts {
+    pub delivered: u64,
+    pub failed: u64,
 }
 
 /// How a claim is bounded.
@@ -174,6 +246,9 @@ pub struct ClaimRequest {
     /// Tags the claimed rows; an outcome is applied only while the tag is still theirs.
     pub token: String,
 }
+
+/// The `endpoint_event_types.event_name` of an endpoint that takes every event.
+pub const WILDCARD: &str = "*";
 
 /// The event types every new org starts with: Fullstory's documented ones.
 pub const DEFAULT_CATALOG: &[(&str, &str, bool)] = &[
@@ -277,8 +352,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Published>>;
     /// Claims due deliveries (see [`ClaimRequest`]).
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>>;
-    /// Records attempts and applies their outcomes, in one transaction.
-    async fn record_attempts(&self, records: &[AttemptRecord], now: Timestamp) -> StoreResult<()>;
+    /// Records attempts and applies their outcomes, in one transaction. An endpoint
+    /// whose attempts have all failed since `disable_after_ms` ago or longer is disabled.
+    async fn record_attempts(
+        &self,
+        records: &[AttemptRecord],
+        now: Timestamp,
+        disable_after_ms: i64,
+    ) -> StoreResult<()>;
     /// Makes claimed deliveries due again at `at` (shutdown, or an endpoint that is busy).
     async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()>;
     /// Delays the due deliveries of an endpoint that is saturated with slow attempts.
@@ -294,6 +375,60 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_count(&self) -> StoreResult<u64>;
     /// Ends every lease (single-node stores at start: the previous process is gone).
     async fn expire_leases(&self, now: Timestamp) -> StoreResult<()>;
+
+    // --- the operator API ---
+
+    async fn get_event(&self, org: &OrgId, event_id: &str) -> StoreResult<EventRecord>;
+    /// The deliveries of an event, in endpoint order.
+    async fn event_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        filter: &DeliveryFilter,
+    ) -> StoreResult<Page<DeliveryRecord>>;
+    async fn get_delivery(&self, org: &OrgId, delivery_id: i64) -> StoreResult<DeliveryRecord>;
+    async fn list_attempts(&self, org: &OrgId, delivery_id: i64) -> StoreResult<Vec<AttemptView>>;
+    /// Makes a delivery due now with a fresh retry schedule, unless an attempt of it is
+    /// in flight or it is already waiting to be made (so a double click sends once).
+    async fn retry_delivery(
+        &self,
+        org: &OrgId,
+        delivery_id: i64,
+        now: Timestamp,
+    ) -> StoreResult<DeliveryRecord>;
+    /// Re-queues the endpoint's failed deliveries created in `[since, until)`.
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        since: Timestamp,
+        until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
+    /// Replaces the secret; the previous one keeps signing until `old_expires`.
+    async fn rotate_secret(
+        &self,
+        org: &OrgId,
+        url: &str,
+        sealed_secret: &[u8],
+        old_expires: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<()>;
+    /// Delivered and failed counts of deliveries finished since each of `since`.
+    async fn endpoint_stats(
+        &self,
+        endpoint_uid: i64,
+        since: &[Timestamp],
+    ) -> StoreResult<Vec<WindowCounts>>;
+    /// Deletes up to `batch` finished deliveries (with their attempts) last changed
+    /// before `cutoff`, and events before `cutoff` left with no delivery. Returns how
+    /// many deliveries went.
+    async fn prune(&self, cutoff: Timestamp, batch: u32) -> StoreResult<u64>;
 
     /// Wakes `wake` when another process queues work, until `shutdown`. Stores that
     /// only one process uses have nothing to watch.

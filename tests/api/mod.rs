@@ -9,6 +9,7 @@ mod endpoints;
 mod engine;
 mod errors;
 pub mod helpers;
+mod operator;
 mod ops;
 pub mod pg;
 mod process;

@@ -24,6 +24,8 @@ pub enum Reply {
     TooMany(u64),
     /// 200 after this many milliseconds.
     Slow(u64),
+    /// This status with this body.
+    Body(u16, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,9 @@ async fn handle(
             StatusCode::OK.into_response()
         }
         Reply::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
+        Reply::Body(code, body) => {
+            (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), body).into_response()
+        }
         Reply::Slow(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             StatusCode::OK.into_response()

@@ -12,11 +12,10 @@ use crate::store::{
 /// Inserts one event and a delivery per target in one statement: the targets are
 /// counted and fanned out from the same snapshot.
 const PUBLISH_ONE: &str = "WITH targets AS ( \
-      SELECT e.uid FROM endpoints e \
-      WHERE e.org_id = $2 AND e.enabled AND e.deleted_ms IS NULL AND ( \
-        EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid \
-                AND t.event_name = $3 AND t.subcategory = COALESCE($4, '')) \
-        OR NOT EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid))), \
+      SELECT e.uid FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+      WHERE t.org_id = $2 AND ((t.event_name = $3 AND t.subcategory = COALESCE($4, '')) \
+                               OR (t.event_name = '*' AND t.subcategory = '')) \
+        AND e.enabled AND e.deleted_ms IS NULL), \
     ev AS ( \
       INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
       VALUES ($1, $2, $3, $4, $5, $6, (SELECT COUNT(*) FROM targets), $7) RETURNING seq, deliveries), \
@@ -114,8 +113,10 @@ pub(super) async fn claim_due(
          UPDATE deliveries d SET next_attempt_ms = $5, claim_token = $6 \
          FROM picked p, events ev, endpoints e \
          WHERE d.id = p.id AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
-         RETURNING d.id, d.attempts, d.endpoint_uid, ev.id AS event_id, ev.created_ms AS event_created, \
-                   ev.body, e.org_id, e.url, e.secret, (e.enabled AND e.deleted_ms IS NULL) AS live",
+         RETURNING d.id, d.attempts, d.retry_base, d.endpoint_uid, ev.id AS event_id, \
+                   ev.created_ms AS event_created, ev.body, e.org_id, e.url, e.secret, \
+                   CASE WHEN e.old_secret_expires_ms > $2 THEN e.old_secret END AS old_secret, \
+                   (e.enabled AND e.deleted_ms IS NULL) AS live",
     )
     .bind(in_flight_json(&req.in_flight))
     .bind(req.now.millis())
@@ -139,6 +140,8 @@ pub(super) fn claimed(row: PgRow) -> StoreResult<Claimed> {
         endpoint_uid: row.get("endpoint_uid"),
         url: row.get("url"),
         sealed_secret: row.get("secret"),
+        old_sealed_secret: row.get("old_secret"),
+        retry_base: row.get::<i64, _>("retry_base").max(0) as u32,
         endpoint_live: row.get("live"),
     })
 }
@@ -147,13 +150,15 @@ pub(super) async fn record_attempts(
     pool: &PgPool,
     records: &[AttemptRecord],
     now: Timestamp,
+    disable_after_ms: i64,
 ) -> Result<(), sqlx::Error> {
     let made: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt_no.is_some()).collect();
     let mut tx = pool.begin().await?;
     if !made.is_empty() {
         sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, response_body) \
-             SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
+            "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+             response_body, error_class) SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], \
+             $4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[], $8::TEXT[])",
         )
         .bind(made.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
         .bind(made.iter().map(|r| r.attempt_no.map_or(0, i64::from)).collect::<Vec<_>>())
@@ -162,6 +167,7 @@ pub(super) async fn record_attempts(
         .bind(made.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
         .bind(made.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
         .bind(made.iter().map(|r| r.response_body.clone()).collect::<Vec<_>>())
+        .bind(made.iter().map(|r| r.error_class.map(str::to_owned)).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -191,6 +197,7 @@ pub(super) async fn record_attempts(
     .bind(now.millis())
     .execute(&mut *tx)
     .await?;
+    super::operator::apply_endpoint_health(&mut tx, records, now, disable_after_ms).await?;
     tx.commit().await
 }
 

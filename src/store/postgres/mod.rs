@@ -12,6 +12,7 @@ mod catalog;
 mod delivery;
 mod endpoints;
 mod keys;
+mod operator;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +25,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ApiKeyRecord, AttemptRecord, ClaimRequest, Claimed, EndpointPatch, EndpointRecord,
-    EventTypeRecord, NewEndpoint, NewEvent, Page, Published, Store, StoreError, StoreResult,
-    SubcategoryRecord,
+    ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
+    DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeRecord, NewEndpoint,
+    NewEvent, Page, Published, Store, StoreError, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use crate::domain::{KeyHash, OrgId, Timestamp};
 
@@ -245,8 +246,13 @@ impl Store for PgStore {
         let rows = retrying(|| delivery::claim_due(&self.pool, request)).await?;
         rows.into_iter().map(delivery::claimed).collect()
     }
-    async fn record_attempts(&self, records: &[AttemptRecord], now: Timestamp) -> StoreResult<()> {
-        retrying(|| delivery::record_attempts(&self.pool, records, now)).await
+    async fn record_attempts(
+        &self,
+        records: &[AttemptRecord],
+        now: Timestamp,
+        disable_after_ms: i64,
+    ) -> StoreResult<()> {
+        retrying(|| delivery::record_attempts(&self.pool, records, now, disable_after_ms)).await
     }
     async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()> {
         delivery::release(&self.pool, token, delivery_ids, at).await
@@ -268,6 +274,70 @@ impl Store for PgStore {
     async fn expire_leases(&self, _now: Timestamp) -> StoreResult<()> {
         // Other nodes may hold live leases: they end on their own.
         Ok(())
+    }
+
+    async fn get_event(&self, org: &OrgId, event_id: &str) -> StoreResult<EventRecord> {
+        operator::get_event(&self.pool, org, event_id).await
+    }
+    async fn event_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        operator::event_deliveries(&self.pool, org, event_id).await
+    }
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        filter: &DeliveryFilter,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        operator::list_deliveries(&self.pool, org, endpoint_uid, filter).await
+    }
+    async fn get_delivery(&self, org: &OrgId, delivery_id: i64) -> StoreResult<DeliveryRecord> {
+        operator::get_delivery(&self.pool, org, delivery_id).await
+    }
+    async fn list_attempts(&self, org: &OrgId, delivery_id: i64) -> StoreResult<Vec<AttemptView>> {
+        operator::list_attempts(&self.pool, org, delivery_id).await
+    }
+    async fn retry_delivery(
+        &self,
+        org: &OrgId,
+        delivery_id: i64,
+        now: Timestamp,
+    ) -> StoreResult<DeliveryRecord> {
+        operator::retry_delivery(&self.pool, org, delivery_id, now).await?;
+        operator::get_delivery(&self.pool, org, delivery_id).await
+    }
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        since: Timestamp,
+        until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        operator::recover_failed(&self.pool, org, endpoint_uid, since, until, now).await
+    }
+    async fn rotate_secret(
+        &self,
+        org: &OrgId,
+        url: &str,
+        sealed_secret: &[u8],
+        old_expires: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        operator::rotate_secret(&self.pool, org, url, sealed_secret, old_expires, now).await
+    }
+    async fn endpoint_stats(
+        &self,
+        endpoint_uid: i64,
+        since: &[Timestamp],
+    ) -> StoreResult<Vec<WindowCounts>> {
+        operator::endpoint_stats(&self.pool, endpoint_uid, since).await
+    }
+    async fn prune(&self, cutoff: Timestamp, batch: u32) -> StoreResult<u64> {
+        operator::prune(&self.pool, cutoff, batch).await
     }
 
     async fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {

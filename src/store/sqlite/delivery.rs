@@ -1,6 +1,6 @@
 //! Events and the delivery queue on SQLite.
 
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::map_err;
 use crate::domain::{OrgId, Timestamp};
@@ -8,15 +8,15 @@ use crate::store::{
     AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreError, StoreResult,
 };
 
-/// Endpoints of the event's org that are live, enabled and subscribed to it (an
-/// endpoint with no subscriptions takes every event).
+/// Endpoints of the event's org that are live, enabled and subscribed to it, or to
+/// everything (the wildcard row), found through the route index.
 const FAN_OUT: &str = "INSERT INTO deliveries \
     (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-    SELECT ?1, e.uid, e.org_id, 'pending', 0, ?2, ?2, ?2 FROM endpoints e \
-    WHERE e.org_id = ?3 AND e.enabled = 1 AND e.deleted_ms IS NULL AND ( \
-      EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid \
-              AND t.event_name = ?4 AND t.subcategory = ?5) \
-      OR NOT EXISTS (SELECT 1 FROM endpoint_event_types t WHERE t.endpoint_uid = e.uid))";
+    SELECT ?1, e.uid, e.org_id, 'pending', 0, ?2, ?2, ?2 \
+    FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+    WHERE t.org_id = ?3 AND ((t.event_name = ?4 AND t.subcategory = ?5) \
+                             OR (t.event_name = '*' AND t.subcategory = '')) \
+      AND e.enabled = 1 AND e.deleted_ms IS NULL";
 
 pub(super) async fn publish(
     pool: &SqlitePool,
@@ -24,6 +24,11 @@ pub(super) async fn publish(
     now: Timestamp,
     window_ms: i64,
 ) -> StoreResult<Vec<Published>> {
+    // Durable: the 202 waits for this commit to reach the disk.
+    sqlx::query("PRAGMA synchronous = FULL")
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     let mut out = Vec::with_capacity(events.len());
     for ev in events {
@@ -100,8 +105,11 @@ fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
     format!("{{{}}}", pairs.join(","))
 }
 
-pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+pub(super) async fn claim_due(
+    conn: &mut SqliteConnection,
+    req: &ClaimRequest,
+) -> StoreResult<Vec<Claimed>> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     // Due rows, skipping endpoints already at their limit here, at most `per_endpoint -
     // in flight` per endpoint.
     let claimed = sqlx::query(
@@ -132,12 +140,15 @@ pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreRes
         return Ok(Vec::new());
     }
     let rows = sqlx::query(
-        "SELECT d.id, d.attempts, d.endpoint_uid, ev.id AS event_id, ev.created_ms AS event_created, \
-                ev.body, e.org_id, e.url, e.secret, (e.enabled = 1 AND e.deleted_ms IS NULL) AS live \
+        "SELECT d.id, d.attempts, d.retry_base, d.endpoint_uid, ev.id AS event_id, \
+                ev.created_ms AS event_created, ev.body, e.org_id, e.url, e.secret, \
+                CASE WHEN e.old_secret_expires_ms > $2 THEN e.old_secret END AS old_secret, \
+                (e.enabled = 1 AND e.deleted_ms IS NULL) AS live \
          FROM deliveries d JOIN events ev ON ev.seq = d.event_seq JOIN endpoints e ON e.uid = d.endpoint_uid \
-         WHERE d.claim_token = ?",
+         WHERE d.claim_token = $1",
     )
     .bind(&req.token)
+    .bind(req.now.millis())
     .fetch_all(&mut *tx)
     .await
     .map_err(map_err)?;
@@ -155,6 +166,8 @@ pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreRes
                 endpoint_uid: row.get("endpoint_uid"),
                 url: row.get("url"),
                 sealed_secret: row.get("secret"),
+                old_sealed_secret: row.get("old_secret"),
+                retry_base: row.get::<i64, _>("retry_base").max(0) as u32,
                 endpoint_live: row.get("live"),
             })
         })
@@ -162,16 +175,17 @@ pub(super) async fn claim_due(pool: &SqlitePool, req: &ClaimRequest) -> StoreRes
 }
 
 pub(super) async fn record_attempts(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     records: &[AttemptRecord],
     now: Timestamp,
+    disable_after_ms: i64,
 ) -> StoreResult<()> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
     for r in records {
         if let Some(attempt_no) = r.attempt_no {
             sqlx::query(
-                "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, response_body) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+                 error_class, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(r.delivery_id)
             .bind(i64::from(attempt_no))
@@ -179,6 +193,7 @@ pub(super) async fn record_attempts(
             .bind(r.latency_ms as i64)
             .bind(r.status_code.map(i64::from))
             .bind(&r.error)
+            .bind(r.error_class)
             .bind(&r.response_body)
             .execute(&mut *tx)
             .await
@@ -207,11 +222,14 @@ pub(super) async fn record_attempts(
         .await
         .map_err(map_err)?;
     }
+    super::operator::apply_endpoint_health(&mut tx, records, now, disable_after_ms)
+        .await
+        .map_err(map_err)?;
     tx.commit().await.map_err(map_err)
 }
 
 pub(super) async fn release(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     token: &str,
     ids: &[i64],
     at: Timestamp,
@@ -224,14 +242,14 @@ pub(super) async fn release(
     .bind(at.millis())
     .bind(token)
     .bind(ids)
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_err)?;
     Ok(())
 }
 
 pub(super) async fn park_endpoint(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     uid: i64,
     now: Timestamp,
     until: Timestamp,
@@ -243,7 +261,7 @@ pub(super) async fn park_endpoint(
     .bind(until.millis())
     .bind(uid)
     .bind(now.millis())
-    .execute(pool)
+    .execute(&mut *conn)
     .await
     .map_err(map_err)?;
     Ok(())

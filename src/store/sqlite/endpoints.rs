@@ -23,6 +23,23 @@ fn from_row(row: &SqliteRow, org: &OrgId) -> EndpointRecord {
         sealed_secret: row.get("secret"),
         created: Timestamp::from_millis(row.get("created_ms")),
         modified: Timestamp::from_millis(row.get("modified_ms")),
+        disabled_reason: row.get("disabled_reason"),
+        disabled_at: row
+            .get::<Option<i64>, _>("disabled_ms")
+            .map(Timestamp::from_millis),
+        old_secret: match (
+            row.get::<Option<Vec<u8>>, _>("old_secret"),
+            row.get::<Option<i64>, _>("old_secret_expires_ms"),
+        ) {
+            (Some(sealed), Some(until)) => Some((sealed, Timestamp::from_millis(until))),
+            _ => None,
+        },
+        last_success: row
+            .get::<Option<i64>, _>("last_success_ms")
+            .map(Timestamp::from_millis),
+        last_failure: row
+            .get::<Option<i64>, _>("last_failure_ms")
+            .map(Timestamp::from_millis),
     }
 }
 
@@ -37,7 +54,18 @@ async fn write_event_types(
         .execute(&mut **tx)
         .await
         .map_err(map_err)?;
-    for (position, et) in event_types.iter().enumerate() {
+    // An endpoint without subscriptions takes every event: one wildcard row stands
+    // for that, so fan-out is an index lookup either way.
+    let wildcard = [EventTypeRef {
+        event_name: crate::store::WILDCARD.to_owned(),
+        subcategory: None,
+    }];
+    let rows = if event_types.is_empty() {
+        &wildcard[..]
+    } else {
+        event_types
+    };
+    for (position, et) in rows.iter().enumerate() {
         sqlx::query(
             "INSERT INTO endpoint_event_types (endpoint_uid, position, org_id, event_name, subcategory) \
              VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -78,12 +106,16 @@ async fn load_event_types<'e>(
     .map_err(map_err)?;
     let mut by_uid: HashMap<i64, Vec<EventTypeRef>> = HashMap::new();
     for row in rows {
+        let name: String = row.get("event_name");
+        if name == crate::store::WILDCARD {
+            continue;
+        }
         let sub: String = row.get("subcategory");
         by_uid
             .entry(row.get("endpoint_uid"))
             .or_default()
             .push(EventTypeRef {
-                event_name: row.get("event_name"),
+                event_name: name,
                 subcategory: (!sub.is_empty()).then_some(sub),
             });
     }
@@ -184,8 +216,12 @@ pub(super) async fn update(
     let current = fetch_live(&mut *tx, org, url).await?;
     let new_url = patch.url.as_deref().unwrap_or(url);
     sqlx::query(
-        "UPDATE endpoints SET url = ?, enabled = ?, secret = COALESCE(?, secret), modified_ms = ? \
-         WHERE uid = ?",
+        "UPDATE endpoints SET url = $1, enabled = $2, secret = COALESCE($3, secret), modified_ms = $4, \
+           old_secret = CASE WHEN $3 IS NULL THEN old_secret END, \
+           old_secret_expires_ms = CASE WHEN $3 IS NULL THEN old_secret_expires_ms END, \
+           disabled_reason = NULL, disabled_ms = CASE WHEN $2 THEN NULL ELSE COALESCE(disabled_ms, $4) END, \
+           failing_since_ms = CASE WHEN $2 THEN NULL ELSE failing_since_ms END \
+         WHERE uid = $5",
     )
     .bind(new_url)
     .bind(patch.enabled)

@@ -10,19 +10,21 @@ mod catalog;
 mod delivery;
 mod endpoints;
 mod keys;
+mod operator;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Sqlite, SqlitePool};
 
 use super::{
-    ApiKeyRecord, AttemptRecord, ClaimRequest, Claimed, EndpointPatch, EndpointRecord,
-    EventTypeRecord, NewEndpoint, NewEvent, Page, Published, Store, StoreError, StoreResult,
-    SubcategoryRecord,
+    ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
+    DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeRecord, NewEndpoint,
+    NewEvent, Page, Published, Store, StoreError, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use crate::domain::{KeyHash, OrgId, Timestamp};
 
@@ -66,6 +68,31 @@ impl SqliteStore {
                 .with_context(|| format!("cannot open SQLite database {url}"))?
         };
         Ok(Self { writer, reader })
+    }
+}
+
+impl SqliteStore {
+    /// The writer connection, set so that commits do not wait for fsync. For the queue's
+    /// own bookkeeping only (claims, outcomes, releases, parking): losing such a commit
+    /// to a power cut makes a delivery happen again, never lose it, and the next durable
+    /// commit (a publish) syncs the WAL they are in anyway.
+    async fn relaxed_writer(&self) -> StoreResult<PoolConnection<Sqlite>> {
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        Ok(conn)
+    }
+
+    /// Puts the writer connection back to fsync-on-commit, the default every other
+    /// write relies on.
+    async fn restore(conn: &mut PoolConnection<Sqlite>) -> StoreResult<()> {
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut **conn)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
     }
 }
 
@@ -212,13 +239,27 @@ impl Store for SqliteStore {
         delivery::publish(&self.writer, events, now, idempotency_window_ms).await
     }
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
-        delivery::claim_due(&self.writer, request).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::claim_due(&mut conn, request).await;
+        Self::restore(&mut conn).await?;
+        result
     }
-    async fn record_attempts(&self, records: &[AttemptRecord], now: Timestamp) -> StoreResult<()> {
-        delivery::record_attempts(&self.writer, records, now).await
+    async fn record_attempts(
+        &self,
+        records: &[AttemptRecord],
+        now: Timestamp,
+        disable_after_ms: i64,
+    ) -> StoreResult<()> {
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::record_attempts(&mut conn, records, now, disable_after_ms).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn release(&self, token: &str, delivery_ids: &[i64], at: Timestamp) -> StoreResult<()> {
-        delivery::release(&self.writer, token, delivery_ids, at).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::release(&mut conn, token, delivery_ids, at).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn park_endpoint(
         &self,
@@ -226,7 +267,10 @@ impl Store for SqliteStore {
         now: Timestamp,
         until: Timestamp,
     ) -> StoreResult<()> {
-        delivery::park_endpoint(&self.writer, endpoint_uid, now, until).await
+        let mut conn = self.relaxed_writer().await?;
+        let result = delivery::park_endpoint(&mut conn, endpoint_uid, now, until).await;
+        Self::restore(&mut conn).await?;
+        result
     }
     async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
         delivery::next_due(&self.reader).await
@@ -236,5 +280,68 @@ impl Store for SqliteStore {
     }
     async fn expire_leases(&self, now: Timestamp) -> StoreResult<()> {
         delivery::expire_leases(&self.writer, now).await
+    }
+    async fn get_event(&self, org: &OrgId, event_id: &str) -> StoreResult<EventRecord> {
+        operator::get_event(&self.reader, org, event_id).await
+    }
+    async fn event_deliveries(
+        &self,
+        org: &OrgId,
+        event_id: &str,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        operator::event_deliveries(&self.reader, org, event_id).await
+    }
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        filter: &DeliveryFilter,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        operator::list_deliveries(&self.reader, org, endpoint_uid, filter).await
+    }
+    async fn get_delivery(&self, org: &OrgId, delivery_id: i64) -> StoreResult<DeliveryRecord> {
+        operator::get_delivery(&self.reader, org, delivery_id).await
+    }
+    async fn list_attempts(&self, org: &OrgId, delivery_id: i64) -> StoreResult<Vec<AttemptView>> {
+        operator::list_attempts(&self.reader, org, delivery_id).await
+    }
+    async fn retry_delivery(
+        &self,
+        org: &OrgId,
+        delivery_id: i64,
+        now: Timestamp,
+    ) -> StoreResult<DeliveryRecord> {
+        operator::retry_delivery(&self.writer, org, delivery_id, now).await?;
+        operator::get_delivery(&self.writer, org, delivery_id).await
+    }
+    async fn recover_failed(
+        &self,
+        org: &OrgId,
+        endpoint_uid: i64,
+        since: Timestamp,
+        until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        operator::recover_failed(&self.writer, org, endpoint_uid, since, until, now).await
+    }
+    async fn rotate_secret(
+        &self,
+        org: &OrgId,
+        url: &str,
+        sealed_secret: &[u8],
+        old_expires: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        operator::rotate_secret(&self.writer, org, url, sealed_secret, old_expires, now).await
+    }
+    async fn endpoint_stats(
+        &self,
+        endpoint_uid: i64,
+        since: &[Timestamp],
+    ) -> StoreResult<Vec<WindowCounts>> {
+        operator::endpoint_stats(&self.reader, endpoint_uid, since).await
+    }
+    async fn prune(&self, cutoff: Timestamp, batch: u32) -> StoreResult<u64> {
+        operator::prune(&self.writer, cutoff, batch).await
     }
 }

@@ -1,0 +1,64 @@
+//! posthorn-bench: one run, one machine: the ceiling first, then posthorn's publish
+//! throughput, end-to-end delivery throughput (1 and 10 endpoints), fan-out to 1,000
+//! endpoints, publish-to-receipt latency at a fixed rate, and peak RSS. Prints a table
+//! and, last, one JSON line.
+
+mod load;
+mod phases;
+mod receiver;
+mod server;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "posthorn-bench",
+    about = "Benchmark posthorn against this machine's ceiling"
+)]
+pub struct Args {
+    /// Events per throughput phase (publish, end-to-end to 1 endpoint; to 10 endpoints
+    /// and to 1,000 endpoints the same number of deliveries).
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Endpoints of the multi-endpoint end-to-end phase.
+    #[arg(long, default_value_t = 10)]
+    pub endpoints: usize,
+    /// Endpoints of the fan-out phase.
+    #[arg(long, default_value_t = 1_000)]
+    pub fanout: usize,
+    /// Events per second of the latency phase.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Seconds of the latency phase.
+    #[arg(long, default_value_t = 5)]
+    pub latency_secs: u64,
+    /// Connections of the load generator (and posthorn's per-endpoint concurrency).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    #[arg(long, value_enum, default_value_t = Store::Sqlite)]
+    pub store: Store,
+    /// The posthorn binary (default: built with cargo and taken from target/release).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let bin = server::binary(args.bin.clone())?;
+    let report = phases::run(&args, &bin).await?;
+    report.print_table();
+    eprintln!("benchmark took {:.0} s", started.elapsed().as_secs_f64());
+    println!("{}", report.json());
+    Ok(())
+}

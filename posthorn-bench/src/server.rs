@@ -1,0 +1,114 @@
+//! The posthorn process under test (and, for `--store postgres`, its throwaway
+//! PostgreSQL).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+pub const ADMIN_KEY: &str = "bench-admin-key-0123456789";
+const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The `posthorn` binary: `--bin`, or built now with cargo (release) when run by cargo.
+pub fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path);
+    }
+    let sibling = std::env::current_exe()?.with_file_name("posthorn");
+    if let Ok(cargo) = std::env::var("CARGO") {
+        eprintln!("building posthorn (release) ...");
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "posthorn",
+                "--bin",
+                "posthorn",
+            ])
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build of posthorn failed");
+        }
+    }
+    if !sibling.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release) or pass --bin",
+            sibling.display()
+        );
+    }
+    Ok(sibling)
+}
+
+pub struct Posthorn {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Posthorn {
+    pub async fn start(
+        bin: &Path,
+        database_url: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .env("POSTHORN_LISTEN", addr.to_string())
+            .env("POSTHORN_DATABASE_URL", database_url)
+            .env("POSTHORN_MASTER_KEY", MASTER_KEY)
+            .env("POSTHORN_BOOTSTRAP_KEY", ADMIN_KEY)
+            .env("POSTHORN_ALLOW_PRIVATE_TARGETS", "true")
+            .env("POSTHORN_RATE_LIMIT", "0")
+            .env("POSTHORN_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("posthorn did not start listening on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child, addr })
+    }
+
+    /// Peak resident set size so far, in MiB (VmHWM).
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
