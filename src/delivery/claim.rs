@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dispatch, record, Engine};
 use crate::domain::Timestamp;
-use crate::store::{AttemptRecord, ClaimRequest, Claimed};
+use crate::store::{ClaimRequest, Claimed};
 
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
@@ -165,7 +165,7 @@ fn after(now: Timestamp, d: Duration) -> Timestamp {
 fn spawn_attempt(
     tasks: &mut JoinSet<i64>,
     engine: &Arc<Engine>,
-    done: &mpsc::Sender<AttemptRecord>,
+    done: &mpsc::Sender<record::Outcome>,
     c: Claimed,
     token: String,
 ) {
@@ -173,13 +173,17 @@ fn spawn_attempt(
     tasks.spawn(async move {
         let record = dispatch::attempt(&engine, &c, &token).await;
         engine.metrics.observe_attempt(&record, c.event_created);
-        let _ = done.send(record).await;
+        let (written, is_written) = tokio::sync::oneshot::channel();
+        if done.send((record, written)).await.is_ok() {
+            // The slot stays taken until the outcome is in the store.
+            let _ = is_written.await;
+        }
         c.delivery_id
     });
 }
 
 pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace: Duration) {
-    let (done_tx, done_rx) = mpsc::channel(4 * CLAIM_BATCH);
+    let (done_tx, done_rx) = mpsc::channel(engine.config.max_in_flight.max(1) as usize);
     let recorder = tokio::spawn(record::run(engine.clone(), done_rx));
     let mut tasks: JoinSet<i64> = JoinSet::new();
     let limit = engine.config.max_in_flight_per_endpoint.max(1);

@@ -1,9 +1,13 @@
-//! The recorder: writes attempt outcomes in batches (one transaction per batch).
+//! The recorder: writes attempt outcomes in batches (one transaction per batch), then
+//! tells each attempt its outcome is written: an attempt holds its in-flight slot until
+//! then, so a killed process can have made at most POSTHORN_MAX_IN_FLIGHT attempts
+//! whose outcome is lost (and that are made again).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc::Receiver;
+use tokio::sync::oneshot;
 
 use super::Engine;
 use crate::domain::Timestamp;
@@ -14,9 +18,14 @@ const BATCH: usize = 512;
 /// the deliveries are attempted again (at-least-once).
 const TRIES: u32 = 30;
 
-pub(super) async fn run(engine: Arc<Engine>, mut rx: Receiver<AttemptRecord>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+/// An outcome to write, and whom to tell once it is written.
+pub(super) type Outcome = (AttemptRecord, oneshot::Sender<()>);
+
+pub(super) async fn run(engine: Arc<Engine>, mut rx: Receiver<Outcome>) {
+    let mut queued: Vec<Outcome> = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut queued, BATCH).await > 0 {
+        let (batch, acks): (Vec<AttemptRecord>, Vec<oneshot::Sender<()>>) =
+            queued.drain(..).unzip();
         let mut backoff = Duration::from_millis(50);
         for tries in 1..=TRIES {
             let disable_after = engine.config.auto_disable_after.as_millis() as i64;
@@ -39,6 +48,8 @@ pub(super) async fn run(engine: Arc<Engine>, mut rx: Receiver<AttemptRecord>) {
                 }
             }
         }
-        batch.clear();
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
 }
