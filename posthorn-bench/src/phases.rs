@@ -128,15 +128,23 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     let ceiling_rps = n as f64 / t.elapsed().as_secs_f64();
     counters.reset();
 
-    let _pg;
+    // Kept until the end of the run: the SQLite file's directory, or the cluster.
+    let mut _sqlite_dir = None;
+    let mut _cluster = None;
     let database_url = match args.store {
         Store::Sqlite => {
             let dir = tempfile::tempdir()?;
             let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            _pg = Some(dir);
+            _sqlite_dir = Some(dir);
             url
         }
-        Store::Postgres => bail!("--store postgres: see docs/BENCHMARKS.md"),
+        Store::Postgres => {
+            progress("starting a throwaway PostgreSQL (fsync on)");
+            let cluster = tokio::task::spawn_blocking(throwaway_pg::PgCluster::durable).await?;
+            let url = cluster.create_database().await;
+            _cluster = Some(cluster);
+            url
+        }
     };
     progress(&format!("starting posthorn on {database_url}"));
     let per_endpoint = c.to_string();

@@ -30,8 +30,8 @@ struct Load {
     running: HashMap<i64, (String, i64, Instant)>,
     /// endpoint uid -> attempts in flight
     per_endpoint: HashMap<i64, u32>,
-    /// endpoint uid -> claimed deliveries waiting for a slot
-    buffered: HashMap<i64, VecDeque<(Claimed, String)>>,
+    /// endpoint uid -> claimed deliveries waiting for a slot, with when they were claimed
+    buffered: HashMap<i64, VecDeque<(Claimed, String, Instant)>>,
     buffered_total: usize,
     /// endpoint uid -> parked until
     parked: HashMap<i64, Instant>,
@@ -76,24 +76,33 @@ impl Load {
         out
     }
 
-    fn buffer(&mut self, c: Claimed, token: &str) {
-        self.buffered
-            .entry(c.endpoint_uid)
-            .or_default()
-            .push_back((c, token.to_owned()));
+    fn buffer(&mut self, c: Claimed, token: &str, claimed_at: Instant) {
+        self.buffered.entry(c.endpoint_uid).or_default().push_back((
+            c,
+            token.to_owned(),
+            claimed_at,
+        ));
         self.buffered_total += 1;
     }
 
-    /// Buffered deliveries whose endpoint has a free slot, up to `room` of them.
-    fn startable(&mut self, mut room: usize) -> Vec<(Claimed, String)> {
+    /// Buffered deliveries whose endpoint has a free slot, up to `room` of them. One
+    /// that waited longer than `max_wait` is dropped instead: its lease could end
+    /// before its attempt does, and another node could then make it too; it becomes due
+    /// again when the lease ends.
+    fn startable(&mut self, mut room: usize, max_wait: Duration) -> Vec<(Claimed, String)> {
         let mut out = Vec::new();
+        let mut dropped = 0;
         let now = Instant::now();
         for (uid, queue) in self.buffered.iter_mut() {
             let running = self.per_endpoint.entry(*uid).or_default();
             while room > 0 && *running < self.limit {
-                let Some((c, token)) = queue.pop_front() else {
+                let Some((c, token, claimed_at)) = queue.pop_front() else {
                     break;
                 };
+                if now.duration_since(claimed_at) > max_wait {
+                    dropped += 1;
+                    continue;
+                }
                 *running += 1;
                 room -= 1;
                 self.running
@@ -103,7 +112,13 @@ impl Load {
         }
         self.buffered.retain(|_, q| !q.is_empty());
         self.per_endpoint.retain(|_, n| *n > 0);
-        self.buffered_total -= out.len();
+        self.buffered_total -= out.len() + dropped;
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                "claimed deliveries waited too long; left for their leases to end"
+            );
+        }
         out
     }
 
@@ -151,7 +166,7 @@ impl Load {
         for (id, (token, _, _)) in self.running {
             by_token.entry(token).or_default().push(id);
         }
-        for (c, token) in self.buffered.into_values().flatten() {
+        for (c, token, _) in self.buffered.into_values().flatten() {
             by_token.entry(token).or_default().push(c.delivery_id);
         }
         by_token
@@ -218,8 +233,9 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
             match engine.store.claim_due(&request).await {
                 Ok(claimed) => {
                     maybe_due = claimed.len() == room;
+                    let claimed_at = Instant::now();
                     for c in claimed {
-                        load.buffer(c, &token);
+                        load.buffer(c, &token, claimed_at);
                     }
                 }
                 Err(e) => {
@@ -231,7 +247,11 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
                 }
             }
         }
-        for (c, token) in load.startable(max.saturating_sub(tasks.len())) {
+        // An attempt starts only while its lease has the attempt timeout and half the
+        // margin left: it ends, and its outcome is written, before another node may
+        // take the delivery over.
+        let max_wait = engine.config.lease_margin / 2;
+        for (c, token) in load.startable(max.saturating_sub(tasks.len()), max_wait) {
             spawn_attempt(&mut tasks, &engine, &done_tx, c, token);
         }
         engine.metrics.set_in_flight(tasks.len());
