@@ -6,6 +6,7 @@
 //! separate pool and never wait for writers. Another process on the same file (the
 //! `keys create` CLI) waits on the busy timeout.
 
+mod cache;
 mod catalog;
 mod delivery;
 mod endpoints;
@@ -34,6 +35,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    cache: std::sync::Arc<cache::Cache>,
 }
 
 impl SqliteStore {
@@ -67,7 +69,11 @@ impl SqliteStore {
                 .await
                 .with_context(|| format!("cannot open SQLite database {url}"))?
         };
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            cache: Default::default(),
+        })
     }
 }
 
@@ -137,7 +143,9 @@ impl Store for SqliteStore {
     }
 
     async fn ensure_org(&self, org: &OrgId, now: Timestamp) -> StoreResult<()> {
-        keys::ensure_org(&self.writer, org, now).await
+        keys::ensure_org(&self.writer, org, now).await?;
+        self.cache.forget_catalog(org);
+        Ok(())
     }
     async fn count_active_api_keys(&self) -> StoreResult<u64> {
         keys::count_active(&self.reader).await
@@ -146,20 +154,35 @@ impl Store for SqliteStore {
         keys::insert(&self.writer, key).await
     }
     async fn upsert_admin_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
-        keys::upsert_admin(&self.writer, key).await
+        keys::upsert_admin(&self.writer, key).await?;
+        self.cache.forget_key_hash(&key.hash);
+        Ok(())
     }
     async fn find_api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
-        keys::find(&self.reader, hash).await
+        if let Some(record) = self.cache.key(hash) {
+            return Ok(Some(record));
+        }
+        let found = keys::find(&self.reader, hash).await?;
+        if let Some(record) = &found {
+            self.cache.put_key(record);
+        }
+        Ok(found)
     }
     async fn list_api_keys(&self, org: &OrgId) -> StoreResult<Vec<ApiKeyRecord>> {
         keys::list(&self.reader, org).await
     }
     async fn revoke_api_key(&self, org: &OrgId, id: &str, now: Timestamp) -> StoreResult<()> {
-        keys::revoke(&self.writer, org, id, now).await
+        keys::revoke(&self.writer, org, id, now).await?;
+        self.cache.forget_key_id(id);
+        Ok(())
     }
 
     async fn list_event_types(&self, org: &OrgId) -> StoreResult<Vec<EventTypeRecord>> {
-        catalog::list_types(&self.reader, org).await
+        if let Some(types) = self.cache.catalog(org) {
+            return Ok(types.as_ref().clone());
+        }
+        let types = catalog::list_types(&self.reader, org).await?;
+        Ok(self.cache.put_catalog(org, types).as_ref().clone())
     }
     async fn get_event_type(
         &self,
@@ -174,7 +197,9 @@ impl Store for SqliteStore {
         event_type: &EventTypeRecord,
         now: Timestamp,
     ) -> StoreResult<()> {
-        catalog::create_type(&self.writer, org, event_type, now).await
+        let created = catalog::create_type(&self.writer, org, event_type, now).await;
+        self.cache.forget_catalog(org);
+        created
     }
     async fn list_subcategories(
         &self,
@@ -191,7 +216,14 @@ impl Store for SqliteStore {
         event_name: &str,
         token: &str,
     ) -> StoreResult<bool> {
-        catalog::subcategory_exists(&self.reader, org, event_name, token).await
+        if self.cache.has_subcategory(org, event_name, token) {
+            return Ok(true);
+        }
+        let exists = catalog::subcategory_exists(&self.reader, org, event_name, token).await?;
+        if exists {
+            self.cache.put_subcategory(org, event_name, token);
+        }
+        Ok(exists)
     }
     async fn create_subcategory(
         &self,

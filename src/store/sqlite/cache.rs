@@ -1,0 +1,97 @@
+//! Read caches of the SQLite store: API keys, event catalogs and subcategories, which
+//! every publish and every request looks up.
+//!
+//! Policy: an SQLite file is served by one process, and every change to what is cached
+//! goes through this store, which updates the cache in the same call, so the cache is
+//! exact rather than eventually consistent (a revoked key is refused at once). The
+//! `keys create` command only adds keys, and a key not in the cache is looked up in the
+//! database. Misses are not cached. The PostgreSQL store, shared by many processes,
+//! caches nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::domain::{KeyHash, OrgId};
+use crate::store::{ApiKeyRecord, EventTypeRecord};
+
+/// Past this many entries a map is emptied and refilled on demand.
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Default)]
+pub(super) struct Cache {
+    keys: Mutex<HashMap<[u8; 32], ApiKeyRecord>>,
+    catalogs: Mutex<HashMap<String, Arc<Vec<EventTypeRecord>>>>,
+    subcategories: Mutex<HashSet<(String, String, String)>>,
+}
+
+fn bounded<T>(len: usize, clear: impl FnOnce() -> T) {
+    if len >= MAX_ENTRIES {
+        clear();
+    }
+}
+
+impl Cache {
+    pub(super) fn key(&self, hash: &KeyHash) -> Option<ApiKeyRecord> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.get(&hash.0).cloned()
+    }
+
+    /// Remembers an active key.
+    pub(super) fn put_key(&self, record: &ApiKeyRecord) {
+        if record.revoked.is_some() {
+            return;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        bounded(keys.len(), || keys.clear());
+        keys.insert(record.hash.0, record.clone());
+    }
+
+    pub(super) fn forget_key_id(&self, id: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.retain(|_, r| r.id != id);
+    }
+
+    pub(super) fn forget_key_hash(&self, hash: &KeyHash) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.remove(&hash.0);
+    }
+
+    pub(super) fn catalog(&self, org: &OrgId) -> Option<Arc<Vec<EventTypeRecord>>> {
+        let catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+        catalogs.get(org.as_str()).cloned()
+    }
+
+    pub(super) fn put_catalog(
+        &self,
+        org: &OrgId,
+        types: Vec<EventTypeRecord>,
+    ) -> Arc<Vec<EventTypeRecord>> {
+        let types = Arc::new(types);
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+        bounded(catalogs.len(), || catalogs.clear());
+        catalogs.insert(org.as_str().to_owned(), types.clone());
+        types
+    }
+
+    pub(super) fn forget_catalog(&self, org: &OrgId) {
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+        catalogs.remove(org.as_str());
+    }
+
+    pub(super) fn has_subcategory(&self, org: &OrgId, event: &str, token: &str) -> bool {
+        let subs = self
+            .subcategories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.contains(&(org.as_str().to_owned(), event.to_owned(), token.to_owned()))
+    }
+
+    pub(super) fn put_subcategory(&self, org: &OrgId, event: &str, token: &str) {
+        let mut subs = self
+            .subcategories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        bounded(subs.len(), || subs.clear());
+        subs.insert((org.as_str().to_owned(), event.to_owned(), token.to_owned()));
+    }
+}
