@@ -1,7 +1,7 @@
 //! The event catalog: Fullstory's List Event Types and List Event Subcategories, and
 //! posthorn's admin operations to add types and mint subcategories.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine;
 use rand::RngCore;
@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, AnyRole, Authorized};
-use super::input::{JsonBody, QueryParams};
+use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination::{self, PageParams};
 use super::ErrorBody;
 use crate::app::AppState;
@@ -238,7 +238,7 @@ async fn event_type(state: &AppState, org: &OrgId, name: &str) -> ApiResult<Even
 pub async fn list_subcategories(
     State(state): State<AppState>,
     caller: Authorized<AnyRole>,
-    Path(event_name): Path<String>,
+    PathParam(event_name): PathParam,
     QueryParams(params): QueryParams<PageParams>,
 ) -> ApiResult<Json<SubcategoryDefList>> {
     let (after, limit) = params.resolve("s", MAX_SUBCATEGORY_PAGE)?;
@@ -262,7 +262,7 @@ pub async fn list_subcategories(
 pub async fn create_subcategory(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(event_name): Path<String>,
+    PathParam(event_name): PathParam,
     JsonBody(body): JsonBody<CreateSubcategoryBody>,
 ) -> ApiResult<Json<SubcategoryDef>> {
     let display = display_name(body.display_name)?;

@@ -1,7 +1,7 @@
 //! The delivery log (posthorn's operator API, CONTRACT §4): an event and its fate, an
 //! endpoint's deliveries, a delivery's attempts, retry one, recover many. Admin only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, Authorized};
 use super::endpoints::load;
-use super::input::{JsonBody, QueryParams};
+use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination;
 use super::ErrorBody;
 use crate::app::AppState;
@@ -213,7 +213,7 @@ fn delivery_id(raw: &str) -> ApiResult<i64> {
 pub async fn get_event(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<EventView>> {
     let event = state.store.get_event(caller.org(), &id).await?;
     let deliveries = state.store.event_deliveries(caller.org(), &id).await?;
@@ -237,7 +237,7 @@ pub async fn get_event(
 pub async fn list_deliveries(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     QueryParams(q): QueryParams<DeliveryQuery>,
 ) -> ApiResult<Json<DeliveryList>> {
     let page = pagination::PageParams {
@@ -281,7 +281,7 @@ pub async fn list_deliveries(
 pub async fn get_delivery(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<Delivery>> {
     Ok(Json(
         state
@@ -300,7 +300,7 @@ pub async fn get_delivery(
 pub async fn list_attempts(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<AttemptList>> {
     let id = delivery_id(&id)?;
     state.store.get_delivery(caller.org(), id).await?;
@@ -319,7 +319,7 @@ pub async fn list_attempts(
 pub async fn retry_delivery(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<(StatusCode, Json<Delivery>)> {
     let id = delivery_id(&id)?;
     let delivery = state
@@ -340,7 +340,7 @@ pub async fn retry_delivery(
 pub async fn recover(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<RecoverBody>,
 ) -> ApiResult<(StatusCode, Json<Recovered>)> {
     let (since, until) = time_range(body.since.as_deref(), body.until.as_deref())?;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine;
 use rand::RngCore;
@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::auth::{AdminOnly, Authorized};
 use super::endpoints::{checked_url, load, parse_secret};
 use super::events::envelope;
-use super::input::JsonBody;
+use super::input::{JsonBody, PathParam};
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::delivery::{dispatch, sign};
@@ -142,7 +142,7 @@ async fn send_test(
 pub async fn test_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<TestResult>> {
     let endpoint = load(&state, caller.org(), &id).await?;
     let now = Timestamp::now();
@@ -227,7 +227,7 @@ fn grace_period(raw: Option<Value>) -> ApiResult<Duration> {
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> ApiResult<Json<Rotated>> {
     let grace = grace_period(body.grace_period)?;
@@ -257,7 +257,7 @@ pub async fn rotate_secret(
 pub async fn endpoint_stats(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<EndpointStats>> {
     let endpoint = load(&state, caller.org(), &id).await?;
     let now = Timestamp::now().millis();

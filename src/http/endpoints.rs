@@ -1,6 +1,6 @@
 //! The five Fullstory endpoint operations (CONTRACT §3).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -8,7 +8,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, Authorized};
 use super::catalog::{validate_subscriptions, EventTypeInput};
-use super::input::{JsonBody, QueryParams};
+use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination::{self, PageParams};
 use super::{Empty, ErrorBody};
 use crate::app::AppState;
@@ -185,7 +185,7 @@ pub(super) async fn load(state: &AppState, org: &OrgId, id: &str) -> ApiResult<E
 pub async fn get_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<Endpoint>> {
     Ok(Json(load(&state, caller.org(), &id).await?.into()))
 }
@@ -200,7 +200,7 @@ pub async fn get_endpoint(
 pub async fn update_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     JsonBody(body): JsonBody<UpdateEndpointBody>,
 ) -> ApiResult<Json<Endpoint>> {
     let org = caller.org();
@@ -239,7 +239,7 @@ pub async fn update_endpoint(
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<Empty>> {
     let url = url_of(&id)?;
     state

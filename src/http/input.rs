@@ -66,6 +66,11 @@ pub fn normalize(value: Value) -> Result<Value, ApiError> {
             .map(normalize)
             .collect::<Result<_, _>>()
             .map(Value::Array),
+        // No store keeps a NUL inside text (PostgreSQL refuses it), so no field may
+        // hold one; user `data` is stored as JSON, where it is escaped.
+        Value::String(text) if text.contains('\0') => Err(ApiError::InvalidField(
+            "text fields must not contain NUL characters".into(),
+        )),
         other => Ok(other),
     }
 }
@@ -129,6 +134,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A path parameter. One that is not valid UTF-8 or holds a NUL names nothing: 404 in
+/// the contract's form (axum's own rejection would be plain text).
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::NotFound)?;
+        if value.contains('\0') {
+            return Err(ApiError::NotFound);
+        }
+        Ok(Self(value))
+    }
+}
+
 /// Query parameters, normalized like body fields and deserialized into `T` (whose
 /// fields should be strings: numbers are parsed by the handler, which can name them).
 pub struct QueryParams<T>(pub T);
@@ -145,6 +169,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
             if let Some((_, first)) = original.iter().find(|(c, _)| *c == camel) {
                 return Err(ApiError::InvalidField(format!(
                     "query parameter {camel} is given twice (as {first} and as {key}); give one"
+                )));
+            }
+            if value.contains('\0') {
+                return Err(ApiError::InvalidField(format!(
+                    "query parameter {camel} must not contain NUL characters"
                 )));
             }
             original.push((camel.clone(), key.into_owned()));

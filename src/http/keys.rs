@@ -1,13 +1,13 @@
 //! API keys of the caller's org: create (shown once), list, revoke. Admin only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, Authorized};
-use super::input::JsonBody;
+use super::input::{JsonBody, PathParam};
 use super::{Empty, ErrorBody};
 use crate::app::AppState;
 use crate::domain::{ApiKey, Role, Timestamp};
@@ -112,7 +112,7 @@ pub async fn list_keys(
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<Empty>> {
     state
         .store

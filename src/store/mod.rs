@@ -8,6 +8,12 @@
 
 #[macro_use]
 mod operator;
+#[macro_use]
+mod shared_catalog;
+#[macro_use]
+mod shared_endpoints;
+#[macro_use]
+mod shared_keys;
 pub mod postgres;
 pub mod sqlite;
 

@@ -15,10 +15,11 @@ pub mod pg;
 mod process;
 mod receiver;
 mod smoke;
+mod store;
 mod subscriptions;
 
 // Many nodes on one PostgreSQL database. (`cargo fmt` does not reach a module declared
-// in a macro: `rustfmt --edition 2021 tests/api/scale.rs`.)
+// in a macro: `rustfmt --edition 2021 tests/api/scale/mod.rs`.)
 postgres_only! {
     mod scale;
 }

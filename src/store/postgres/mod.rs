@@ -107,7 +107,14 @@ where
     }
 }
 
-fn org(raw: String) -> StoreResult<OrgId> {
+/// A write transaction.
+pub(super) async fn begin(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    pool.begin().await
+}
+
+pub(super) fn org(raw: String) -> StoreResult<OrgId> {
     OrgId::parse(&raw).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))
 }
 

@@ -113,6 +113,15 @@ pub(super) fn map_err(err: sqlx::Error) -> StoreError {
     }
 }
 
+/// A write transaction: `BEGIN IMMEDIATE`, so writers queue instead of failing.
+pub(super) async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'_, Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+pub(super) fn org(raw: String) -> StoreResult<OrgId> {
+    OrgId::parse(&raw).map_err(|e| StoreError::Other(anyhow::anyhow!(e)))
+}
+
 /// True when `err` is a violation of a UNIQUE or PRIMARY KEY constraint.
 pub(super) fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
