@@ -33,11 +33,14 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Commits publishes in groups.
     pub publisher: Publisher,
+    /// Held while serving an SQLite file: one process per file.
+    _file_lock: Option<Arc<std::fs::File>>,
 }
 
 impl AppState {
     pub async fn new(config: ServeConfig) -> anyhow::Result<Self> {
         let store = crate::store::connect(&config.database).await?;
+        let file_lock = lock_sqlite_file(&config.database.database_url)?;
         let master_key = load_master_key(&config, &store).await?;
         let limiter = RateLimiter::new(config.rate_limit, config.rate_limit_burst).map(Arc::new);
         let metrics = Arc::new(Metrics::new());
@@ -60,7 +63,41 @@ impl AppState {
             wake,
             engine,
             publisher,
+            _file_lock: file_lock,
         })
+    }
+}
+
+/// Takes an exclusive lock on `<database>.lock` for an SQLite file: a second `serve`
+/// on the same file would void this one's leases and miss its cache updates.
+fn lock_sqlite_file(url: &str) -> anyhow::Result<Option<Arc<std::fs::File>>> {
+    let Some(db) = crate::store::sqlite_path(url) else {
+        return Ok(None);
+    };
+    let mut path = db.into_os_string();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "cannot open the SQLite database's lock file {}",
+                path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Arc::new(file))),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `posthorn serve` is using this SQLite database ({} is locked); \
+             serve one SQLite file from one process, or use PostgreSQL for several",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
 }
 

@@ -92,6 +92,23 @@ async fn commit_loop(
                     let _ = reply.send(Ok(published.by_ref().take(n).collect()));
                 }
             }
+            // Something in one request failed the group: commit each request on its
+            // own, so that only the request at fault fails. (When the store is down,
+            // every request gets the 503 at once.)
+            Err(e) if replies.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
+                let mut events = events.into_iter();
+                for (n, reply) in replies {
+                    let own: Vec<NewEvent> = events.by_ref().take(n).collect();
+                    let answer = store
+                        .publish(&own, Timestamp::now(), IDEMPOTENCY_WINDOW_MS)
+                        .await
+                        .map_err(|e| share(&e));
+                    if answer.is_ok() {
+                        wake.notify_one();
+                    }
+                    let _ = reply.send(answer);
+                }
+            }
             Err(e) => {
                 for (_, reply) in replies {
                     let _ = reply.send(Err(share(&e)));

@@ -280,22 +280,30 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
             _ = tokio::time::sleep_until(timer) => {
                 maybe_due = true;
                 let poll = engine.config.poll_interval;
+                // Sleep until the next retry is due, at most a poll interval. Work that
+                // is due already but was not claimable (its endpoint is full here) is
+                // taken when a slot frees up, not by polling for it.
+                let now = Timestamp::now();
                 let wait = match engine.store.next_due().await {
-                    Ok(Some(due)) => Duration::from_millis((due.millis() - now.millis()).clamp(1, poll.as_millis() as i64) as u64),
+                    Ok(Some(due)) if due > now => Duration::from_millis(
+                        (due.millis() - now.millis()).min(poll.as_millis() as i64) as u64,
+                    ),
                     _ => poll,
                 };
                 timer = tokio::time::Instant::now() + wait;
             }
         }
     }
-    drain(&engine, tasks, load, grace).await;
+    let load = finish_in_flight(tasks, load, grace).await;
+    // Outcomes already made are written before anything is released, so that a
+    // release never makes a delivered delivery due again.
     drop(done_tx);
-    let _ = recorder.await;
+    let _ = tokio::time::timeout(grace.max(Duration::from_secs(5)), recorder).await;
+    release_held(&engine, load).await;
 }
 
-/// Lets attempts in flight finish within `grace`, then releases what is left (running
-/// or buffered) so that it is due again at once.
-async fn drain(engine: &Engine, mut tasks: JoinSet<i64>, mut load: Load, grace: Duration) {
+/// Lets attempts in flight finish within `grace`, then stops the rest.
+async fn finish_in_flight(mut tasks: JoinSet<i64>, mut load: Load, grace: Duration) -> Load {
     let deadline = tokio::time::Instant::now() + grace;
     while !tasks.is_empty() {
         tokio::select! {
@@ -313,6 +321,12 @@ async fn drain(engine: &Engine, mut tasks: JoinSet<i64>, mut load: Load, grace: 
             load.finish(id);
         }
     }
+    load
+}
+
+/// Releases what this process still holds (running or buffered) so that it is due again
+/// at once; an outcome already written has cleared its claim token, so it is untouched.
+async fn release_held(engine: &Engine, load: Load) {
     let now = Timestamp::now();
     for (token, ids) in load.held_by_token() {
         if let Err(e) = engine.store.release(&token, &ids, now).await {

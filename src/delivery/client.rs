@@ -40,6 +40,9 @@ pub fn build(allow_private: bool, pool_per_host: usize) -> anyhow::Result<reqwes
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would be the address dialled, and the SSRF guard would check it
+        // instead of the endpoint: never use one from the environment.
+        .no_proxy()
         .pool_max_idle_per_host(pool_per_host)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)

@@ -57,9 +57,17 @@ fn refused_literal(url: &str) -> Option<String> {
     })
 }
 
+/// `Retry-After` as seconds or as an HTTP date.
 fn parse_retry_after(resp: &reqwest::Response) -> Option<Duration> {
     let value = resp.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<u64>().ok().map(Duration::from_secs)
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 async fn read_truncated(mut resp: reqwest::Response) -> Option<String> {
@@ -71,7 +79,12 @@ async fn read_truncated(mut resp: reqwest::Response) -> Option<String> {
         }
     }
     buf.truncate(MAX_LOGGED_BODY);
-    (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
+    (!buf.is_empty()).then(|| storable(&String::from_utf8_lossy(&buf)))
+}
+
+/// Text as the delivery log can keep it: no store keeps a NUL inside text.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// What one POST to an endpoint came to.
@@ -145,7 +158,7 @@ pub async fn send(
         }
         Err(e) => {
             let (class, text) = describe(&e, engine.attempt_timeout);
-            sent.error = Some(text);
+            sent.error = Some(storable(&text));
             sent.error_class = Some(class);
         }
     }
@@ -202,12 +215,13 @@ pub async fn attempt(engine: &Engine, c: &Claimed, token: &str) -> AttemptRecord
         )
         .await
     };
+    // The next attempt is timed from the end of this one.
     record.outcome = if sent.succeeded() {
         Outcome::Delivered
     } else {
         engine
             .policy
-            .after_failure(schedule_no, sent.retry_after, started)
+            .after_failure(schedule_no, sent.retry_after, Timestamp::now())
     };
     record.status_code = sent.status;
     record.latency_ms = sent.latency_ms;

@@ -109,10 +109,12 @@ impl EndpointId {
         Self(raw.to_owned())
     }
 
-    /// The URL this id names, if it decodes to one (padding is tolerated).
+    /// The URL this id names, if it decodes to text that could be one (padding is
+    /// tolerated; control characters never are in a URL).
     pub fn url(&self) -> Option<String> {
         let bytes = URL_SAFE_NO_PAD.decode(self.0.trim_end_matches('=')).ok()?;
-        String::from_utf8(bytes).ok()
+        let text = String::from_utf8(bytes).ok()?;
+        (!text.chars().any(char::is_control)).then_some(text)
     }
 
     pub fn as_str(&self) -> &str {

@@ -436,3 +436,44 @@ async fn publishing_needs_a_publisher_or_admin_key() {
     .await
     .assert_error(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn a_binary_response_body_is_logged_without_breaking_the_log() {
+    let app = fast_app("1h").await;
+    let rx = TestReceiver::start().await;
+    rx.always("/bin", Reply::Body(200, "ok\0\u{1}binary"));
+    endpoint(&app, &rx.url("/bin"), SECRET, json!([])).await;
+    let id = publish(&app, json!({"eventName": "note.created", "data": {}})).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    rx.wait_for("/bin", 1, WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let event = loop {
+        let e = app.get(&format!("/webhooks/v1/events/{id}")).await;
+        if e.body["deliveries"][0]["state"] == "delivered" {
+            break e.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {}",
+            e.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let dlv = event["deliveries"][0]["id"]
+        .as_str()
+        .expect("delivery id")
+        .to_owned();
+    let attempts = app
+        .get(&format!("/webhooks/v1/deliveries/{dlv}/attempts"))
+        .await;
+    let body = attempts.body["attempts"][0]["responseBody"]
+        .as_str()
+        .expect("body")
+        .to_owned();
+    assert!(
+        body.starts_with("ok") && body.ends_with("binary") && !body.contains('\0'),
+        "{body:?}"
+    );
+}

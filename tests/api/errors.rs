@@ -340,3 +340,34 @@ async fn auth_errors_have_the_contract_form() {
         .await;
     assert_error(&resp, 403, "forbidden", "standard key");
 }
+
+/// NUL characters and undecodable path ids are refused in the contract's form on every
+/// store (PostgreSQL cannot keep a NUL inside text).
+#[tokio::test]
+async fn nul_characters_and_bad_path_bytes_are_clean_4xx() {
+    let app = crate::api::helpers::spawn_app().await;
+    // "AA" is base64url of a single NUL byte.
+    app.get("/webhooks/v1/endpoints/AA")
+        .await
+        .assert_error(404, "resource_not_found");
+    app.get("/webhooks/v1/endpoints/%FF")
+        .await
+        .assert_error(404, "resource_not_found");
+    app.get("/webhooks/v1/events/%00")
+        .await
+        .assert_error(404, "resource_not_found");
+    app.get("/webhooks/v1/event-types/a%00b/subcategories")
+        .await
+        .assert_error(404, "resource_not_found");
+    let bad = serde_json::json!({"eventName": "note.created", "data": {"ok": "\u{0}"}, "idempotencyKey": "k\u{0}"});
+    app.post("/webhooks/v1/events", &bad)
+        .await
+        .assert_error(400, "invalid_field");
+    let bad = serde_json::json!({"url": "https://example.com/\u{0}"});
+    app.post("/webhooks/v1/endpoints", &bad)
+        .await
+        .assert_error(400, "invalid_field");
+    // NUL inside user data is fine: it is stored as JSON, escaped.
+    let ok = serde_json::json!({"eventName": "note.created", "data": {"text": "a\u{0}b"}});
+    assert_eq!(app.post("/webhooks/v1/events", &ok).await.status, 202);
+}

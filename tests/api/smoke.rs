@@ -23,3 +23,16 @@ async fn create_then_get_an_endpoint() {
     assert_eq!(got.body["url"], "https://example.com/fullstory-webhooks");
     assert!(got.body.get("secret").is_none());
 }
+
+sqlite_only! {
+/// One process per SQLite file: a second `serve` on it refuses to start.
+#[tokio::test]
+async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+    let app = crate::api::helpers::spawn_app().await;
+    let config = posthorn::config::ServeConfig::with_database(app.database_url.clone());
+    let Err(err) = posthorn::app::Server::bind(config).await else {
+        panic!("a second server started on the same SQLite file");
+    };
+    assert!(format!("{err:#}").contains("another `posthorn serve`"), "{err:#}");
+}
+}

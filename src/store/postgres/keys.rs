@@ -23,7 +23,7 @@ pub(super) async fn hit_rate_window(
     .await
     .map_err(map_err)?;
     // Windows are one second long; drop the old ones now and then (1 call in 256).
-    if window_ms % 256 == 0 {
+    if rand::random::<u8>() == 0 {
         sqlx::query("DELETE FROM rate_windows WHERE window_ms < $1")
             .bind(window_ms - 60_000)
             .execute(pool)

@@ -19,7 +19,9 @@ const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Default)]
 pub(super) struct Cache {
-    keys: Mutex<HashMap<[u8; 32], ApiKeyRecord>>,
+    /// Keys, and a generation bumped by every forget: a key read from the database
+    /// before a revoke finished must not be cached after it.
+    keys: Mutex<(HashMap<[u8; 32], ApiKeyRecord>, u64)>,
     catalogs: Mutex<HashMap<String, Arc<Vec<EventTypeRecord>>>>,
     subcategories: Mutex<HashSet<(String, String, String)>>,
 }
@@ -31,29 +33,36 @@ fn bounded<T>(len: usize, clear: impl FnOnce() -> T) {
 }
 
 impl Cache {
-    pub(super) fn key(&self, hash: &KeyHash) -> Option<ApiKeyRecord> {
+    /// The cached key, or the generation to hand to [`Cache::put_key`] after reading
+    /// it from the database.
+    pub(super) fn key(&self, hash: &KeyHash) -> Result<ApiKeyRecord, u64> {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.get(&hash.0).cloned()
+        keys.0.get(&hash.0).cloned().ok_or(keys.1)
     }
 
-    /// Remembers an active key.
-    pub(super) fn put_key(&self, record: &ApiKeyRecord) {
+    /// Remembers an active key read at `generation`, unless a key was forgotten since.
+    pub(super) fn put_key(&self, record: &ApiKeyRecord, generation: u64) {
         if record.revoked.is_some() {
             return;
         }
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        bounded(keys.len(), || keys.clear());
-        keys.insert(record.hash.0, record.clone());
+        if keys.1 != generation {
+            return;
+        }
+        bounded(keys.0.len(), || keys.0.clear());
+        keys.0.insert(record.hash.0, record.clone());
     }
 
     pub(super) fn forget_key_id(&self, id: &str) {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.retain(|_, r| r.id != id);
+        keys.0.retain(|_, r| r.id != id);
+        keys.1 += 1;
     }
 
     pub(super) fn forget_key_hash(&self, hash: &KeyHash) {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.remove(&hash.0);
+        keys.0.remove(&hash.0);
+        keys.1 += 1;
     }
 
     pub(super) fn catalog(&self, org: &OrgId) -> Option<Arc<Vec<EventTypeRecord>>> {

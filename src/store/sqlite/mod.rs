@@ -168,12 +168,13 @@ impl Store for SqliteStore {
         Ok(())
     }
     async fn find_api_key(&self, hash: &KeyHash) -> StoreResult<Option<ApiKeyRecord>> {
-        if let Some(record) = self.cache.key(hash) {
-            return Ok(Some(record));
-        }
+        let generation = match self.cache.key(hash) {
+            Ok(record) => return Ok(Some(record)),
+            Err(generation) => generation,
+        };
         let found = keys::find(&self.reader, hash).await?;
         if let Some(record) = &found {
-            self.cache.put_key(record);
+            self.cache.put_key(record, generation);
         }
         Ok(found)
     }
