@@ -135,6 +135,32 @@ pub struct Published {
     pub deliveries: u64,
 }
 
+/// How one event of a publish call is answered (both stores).
+pub(crate) enum Answer {
+    /// A repeat of an earlier event's idempotency key: that event's answer.
+    Repeat(Published),
+    /// Stored now, as the `n`th fresh event of this call.
+    Fresh(usize),
+}
+
+/// The answers of a publish call, once the fresh events' fan-out `counts` are known.
+pub(crate) fn resolve(
+    answers: Vec<Answer>,
+    fresh: &[&NewEvent],
+    counts: &std::collections::HashMap<String, u64>,
+) -> Vec<Published> {
+    answers
+        .into_iter()
+        .map(|a| match a {
+            Answer::Repeat(p) => p,
+            Answer::Fresh(n) => Published {
+                id: fresh[n].id.clone(),
+                deliveries: counts.get(&fresh[n].id).copied().unwrap_or(0),
+            },
+        })
+        .collect()
+}
+
 /// A delivery claimed for one attempt, with what the attempt needs.
 #[derive(Debug, Clone)]
 pub struct Claimed {

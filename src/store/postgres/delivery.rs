@@ -1,29 +1,33 @@
 //! Events and the delivery queue on PostgreSQL.
 
+use std::collections::HashMap;
+
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::{map_err, org, WORK_CHANNEL};
 use crate::domain::Timestamp;
 use crate::store::{
-    AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreResult,
+    resolve, Answer, AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published,
+    StoreResult,
 };
 
-/// Inserts one event and a delivery per target in one statement: the targets are
-/// counted and fanned out from the same snapshot.
-const PUBLISH_ONE: &str = "WITH targets AS ( \
-      SELECT e.uid FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
-      WHERE t.org_id = $2 AND ((t.event_name = $3 AND t.subcategory = COALESCE($4, '')) \
-                               OR (t.event_name = '*' AND t.subcategory = '')) \
-        AND e.enabled AND e.deleted_ms IS NULL), \
-    ev AS ( \
-      INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
-      VALUES ($1, $2, $3, $4, $5, $6, (SELECT COUNT(*) FROM targets), $7) RETURNING seq, deliveries), \
-    fan AS ( \
-      INSERT INTO deliveries (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-      SELECT ev.seq, t.uid, $2, 'pending', 0, $7, $7, $7 FROM ev, targets t) \
-    SELECT deliveries FROM ev";
+/// A delivery for every event of `$1` (seqs) to every live, enabled endpoint of its
+/// org subscribed to it or to everything (the wildcard row).
+const FAN_OUT: &str = "INSERT INTO deliveries \
+    (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
+    SELECT ev.seq, e.uid, e.org_id, 'pending', 0, $2, $2, $2 \
+    FROM events ev \
+    JOIN endpoint_event_types t ON t.org_id = ev.org_id \
+      AND ((t.event_name = ev.event_name AND t.subcategory = COALESCE(ev.subcategory, '')) \
+           OR (t.event_name = '*' AND t.subcategory = '')) \
+    JOIN endpoints e ON e.uid = t.endpoint_uid \
+    WHERE ev.seq = ANY($1) AND e.enabled AND e.deleted_ms IS NULL";
 
+/// Stores a group of events in one transaction and four statements whatever its size
+/// (one `UNNEST` insert of the events, one fan-out, one count, one notify), plus a
+/// lock and a lookup per idempotency key, which serialise publishers of the same key
+/// across nodes until commit.
 pub(super) async fn publish(
     pool: &PgPool,
     events: &[NewEvent],
@@ -31,10 +35,15 @@ pub(super) async fn publish(
     window_ms: i64,
 ) -> Result<Vec<Published>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let mut out = Vec::with_capacity(events.len());
+    let mut answers = Vec::with_capacity(events.len());
+    let mut fresh: Vec<&NewEvent> = Vec::with_capacity(events.len());
+    let mut keys_here: HashMap<(&str, &str), usize> = HashMap::new();
     for ev in events {
         if let Some(key) = &ev.idempotency_key {
-            // Serialises publishers of the same key across nodes until commit.
+            if let Some(&n) = keys_here.get(&(ev.org_id.as_str(), key.as_str())) {
+                answers.push(Answer::Fresh(n));
+                continue;
+            }
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
                 .bind(ev.org_id.as_str())
                 .bind(key)
@@ -49,10 +58,10 @@ pub(super) async fn publish(
             .await?;
             if let Some(row) = prior {
                 if row.get::<i64, _>("created_ms") >= now.millis() - window_ms {
-                    out.push(Published {
+                    answers.push(Answer::Repeat(Published {
                         id: row.get("id"),
                         deliveries: row.get::<i64, _>("deliveries").max(0) as u64,
-                    });
+                    }));
                     continue;
                 }
                 sqlx::query("UPDATE events SET idempotency_key = NULL WHERE seq = $1")
@@ -60,28 +69,51 @@ pub(super) async fn publish(
                     .execute(&mut *tx)
                     .await?;
             }
+            keys_here.insert((ev.org_id.as_str(), key.as_str()), fresh.len());
         }
-        let deliveries: i64 = sqlx::query_scalar(PUBLISH_ONE)
-            .bind(&ev.id)
-            .bind(ev.org_id.as_str())
-            .bind(&ev.event_name)
-            .bind(&ev.subcategory)
-            .bind(&ev.body)
-            .bind(&ev.idempotency_key)
+        answers.push(Answer::Fresh(fresh.len()));
+        fresh.push(ev);
+    }
+    let mut counts: HashMap<String, u64> = HashMap::with_capacity(fresh.len());
+    if !fresh.is_empty() {
+        let seqs: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
+             SELECT id, org_id, event_name, subcategory, body, idempotency_key, 0, $7 \
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[]) \
+               AS e(id, org_id, event_name, subcategory, body, idempotency_key) \
+             RETURNING seq",
+        )
+        .bind(fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|e| e.event_name.as_str()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|e| e.subcategory.as_deref()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|e| e.idempotency_key.as_deref()).collect::<Vec<_>>())
+        .bind(now.millis())
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(FAN_OUT)
+            .bind(&seqs)
             .bind(now.millis())
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-        out.push(Published {
-            id: ev.id.clone(),
-            deliveries: deliveries.max(0) as u64,
-        });
+        let rows = sqlx::query(
+            "UPDATE events SET deliveries = (SELECT COUNT(*) FROM deliveries d WHERE d.event_seq = events.seq) \
+             WHERE seq = ANY($1) RETURNING id, deliveries",
+        )
+        .bind(&seqs)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            counts.insert(row.get("id"), row.get::<i64, _>("deliveries").max(0) as u64);
+        }
     }
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(WORK_CHANNEL)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(out)
+    Ok(resolve(answers, &fresh, &counts))
 }
 
 fn in_flight_json(in_flight: &[(i64, u32)]) -> String {

@@ -7,7 +7,8 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use super::map_err;
 use crate::domain::{OrgId, Timestamp};
 use crate::store::{
-    AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published, StoreError, StoreResult,
+    resolve, Answer, AttemptRecord, ClaimRequest, Claimed, NewEvent, Outcome, Published,
+    StoreError, StoreResult,
 };
 
 /// A delivery for every event with `seq` in `[?1, ?2]` to every live, enabled endpoint
@@ -22,14 +23,6 @@ const FAN_OUT: &str = "INSERT INTO deliveries \
            OR (t.event_name = '*' AND t.subcategory = '')) \
     JOIN endpoints e ON e.uid = t.endpoint_uid \
     WHERE ev.seq BETWEEN ?1 AND ?2 AND e.enabled = 1 AND e.deleted_ms IS NULL";
-
-/// What one published event is answered with.
-enum Answer {
-    /// A repeat of an earlier event's idempotency key: that event's answer.
-    Repeat(Published),
-    /// Stored now, as the `n`th fresh event of this call.
-    Fresh(usize),
-}
 
 /// Stores a group of events in one transaction and a handful of statements, whatever
 /// its size: one multi-row insert of the events, one fan-out insert of their
@@ -129,16 +122,7 @@ pub(super) async fn publish(
         }
     }
     tx.commit().await.map_err(map_err)?;
-    Ok(answers
-        .into_iter()
-        .map(|a| match a {
-            Answer::Repeat(p) => p,
-            Answer::Fresh(n) => Published {
-                id: fresh[n].id.clone(),
-                deliveries: counts.get(&fresh[n].id).copied().unwrap_or(0),
-            },
-        })
-        .collect())
+    Ok(resolve(answers, &fresh, &counts))
 }
 
 fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
