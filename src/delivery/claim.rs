@@ -89,13 +89,27 @@ impl Load {
     /// that waited longer than `max_wait` is dropped instead: its lease could end
     /// before its attempt does, and another node could then make it too; it becomes due
     /// again when the lease ends.
-    fn startable(&mut self, mut room: usize, max_wait: Duration) -> Vec<(Claimed, String)> {
+    ///
+    /// Endpoints parked as slow share at most `slow_budget` slots, so that many hanging
+    /// endpoints together cannot take every slot from the healthy ones.
+    fn startable(
+        &mut self,
+        mut room: usize,
+        max_wait: Duration,
+        slow_budget: usize,
+    ) -> Vec<(Claimed, String)> {
         let mut out = Vec::new();
         let mut dropped = 0;
         let now = Instant::now();
+        let mut slow_running: usize = self
+            .running
+            .values()
+            .filter(|(_, uid, _)| self.parked.contains_key(uid))
+            .count();
         for (uid, queue) in self.buffered.iter_mut() {
             let running = self.per_endpoint.entry(*uid).or_default();
-            while room > 0 && *running < self.limit {
+            let slow = self.parked.contains_key(uid);
+            while room > 0 && *running < self.limit && (!slow || slow_running < slow_budget) {
                 let Some((c, token, claimed_at)) = queue.pop_front() else {
                     break;
                 };
@@ -105,6 +119,7 @@ impl Load {
                 }
                 *running += 1;
                 room -= 1;
+                slow_running += usize::from(slow);
                 self.running
                     .insert(c.delivery_id, (token.clone(), *uid, now));
                 out.push((c, token));
@@ -251,7 +266,7 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken, grace:
         // margin left: it ends, and its outcome is written, before another node may
         // take the delivery over.
         let max_wait = engine.config.lease_margin / 2;
-        for (c, token) in load.startable(max.saturating_sub(tasks.len()), max_wait) {
+        for (c, token) in load.startable(max.saturating_sub(tasks.len()), max_wait, max / 4) {
             spawn_attempt(&mut tasks, &engine, &done_tx, c, token);
         }
         engine.metrics.set_in_flight(tasks.len());
