@@ -12,22 +12,18 @@ use crate::store::{
     StoreResult,
 };
 
-/// A delivery for every event of `$1` (seqs) to every live, enabled endpoint of its
-/// org subscribed to it or to everything (the wildcard row).
-const FAN_OUT: &str = "INSERT INTO deliveries \
-    (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, created_ms, updated_ms) \
-    SELECT ev.seq, e.uid, e.org_id, 'pending', 0, $2, $2, $2 \
-    FROM events ev \
-    JOIN endpoint_event_types t ON t.org_id = ev.org_id \
-      AND ((t.event_name = ev.event_name AND t.subcategory = COALESCE(ev.subcategory, '')) \
-           OR (t.event_name = '*' AND t.subcategory = '')) \
-    JOIN endpoints e ON e.uid = t.endpoint_uid \
-    WHERE ev.seq = ANY($1) AND e.enabled AND e.deleted_ms IS NULL";
+/// The live, enabled endpoints of an org subscribed to (event name, subcategory) or to
+/// everything (the wildcard row), through the route index.
+const ROUTE: &str =
+    "SELECT e.uid FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+    WHERE t.org_id = $1 AND ((t.event_name = $2 AND t.subcategory = $3) \
+                             OR (t.event_name = '*' AND t.subcategory = '')) \
+      AND e.enabled AND e.deleted_ms IS NULL";
 
-/// Stores a group of events in one transaction and four statements whatever its size
-/// (one `UNNEST` insert of the events, one fan-out, one count, one notify), plus a
-/// lock and a lookup per idempotency key, which serialise publishers of the same key
-/// across nodes until commit.
+/// Stores a group of events in one transaction: a route lookup per distinct (event
+/// type, subcategory), one `UNNEST` insert of the events, one of their deliveries, one
+/// notify; plus a lock and a lookup per idempotency key, which serialise publishers of
+/// the same key across nodes until commit.
 pub(super) async fn publish(
     pool: &PgPool,
     events: &[NewEvent],
@@ -76,12 +72,41 @@ pub(super) async fn publish(
     }
     let mut counts: HashMap<String, u64> = HashMap::with_capacity(fresh.len());
     if !fresh.is_empty() {
-        let seqs: Vec<i64> = sqlx::query_scalar(
+        // The endpoints each distinct route fans out to (one indexed lookup per route,
+        // usually one or two per group); then two plain inserts. No statement joins the
+        // growing events or deliveries tables, so no plan can turn into a scan of them.
+        let mut routes: HashMap<(&str, &str, &str), Vec<i64>> = HashMap::new();
+        for ev in &fresh {
+            let route = (
+                ev.org_id.as_str(),
+                ev.event_name.as_str(),
+                ev.subcategory.as_deref().unwrap_or(""),
+            );
+            if routes.contains_key(&route) {
+                continue;
+            }
+            let uids: Vec<i64> = sqlx::query_scalar(ROUTE)
+                .bind(route.0)
+                .bind(route.1)
+                .bind(route.2)
+                .fetch_all(&mut *tx)
+                .await?;
+            routes.insert(route, uids);
+        }
+        let route_of = |ev: &NewEvent| -> usize {
+            routes[&(
+                ev.org_id.as_str(),
+                ev.event_name.as_str(),
+                ev.subcategory.as_deref().unwrap_or(""),
+            )]
+                .len()
+        };
+        let inserted = sqlx::query(
             "INSERT INTO events (id, org_id, event_name, subcategory, body, idempotency_key, deliveries, created_ms) \
-             SELECT id, org_id, event_name, subcategory, body, idempotency_key, 0, $7 \
-             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[]) \
-               AS e(id, org_id, event_name, subcategory, body, idempotency_key) \
-             RETURNING seq",
+             SELECT id, org_id, event_name, subcategory, body, idempotency_key, deliveries, $8 \
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[], $7::BIGINT[]) \
+               AS e(id, org_id, event_name, subcategory, body, idempotency_key, deliveries) \
+             RETURNING seq, id",
         )
         .bind(fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
         .bind(fresh.iter().map(|e| e.org_id.as_str()).collect::<Vec<_>>())
@@ -89,23 +114,40 @@ pub(super) async fn publish(
         .bind(fresh.iter().map(|e| e.subcategory.as_deref()).collect::<Vec<_>>())
         .bind(fresh.iter().map(|e| e.body.as_slice()).collect::<Vec<_>>())
         .bind(fresh.iter().map(|e| e.idempotency_key.as_deref()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|e| route_of(e) as i64).collect::<Vec<_>>())
         .bind(now.millis())
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(FAN_OUT)
+        let seq_of: HashMap<String, i64> = inserted
+            .iter()
+            .map(|row| (row.get::<String, _>("id"), row.get::<i64, _>("seq")))
+            .collect();
+        let (mut seqs, mut uids, mut orgs) = (Vec::new(), Vec::new(), Vec::new());
+        for ev in &fresh {
+            let uids_here = &routes[&(
+                ev.org_id.as_str(),
+                ev.event_name.as_str(),
+                ev.subcategory.as_deref().unwrap_or(""),
+            )];
+            counts.insert(ev.id.clone(), uids_here.len() as u64);
+            for uid in uids_here {
+                seqs.push(seq_of[&ev.id]);
+                uids.push(*uid);
+                orgs.push(ev.org_id.as_str());
+            }
+        }
+        if !seqs.is_empty() {
+            sqlx::query(
+                "INSERT INTO deliveries (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, \
+                   created_ms, updated_ms) \
+                 SELECT s, u, o, 'pending', 0, $4, $4, $4 FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[]) AS x(s, u, o)",
+            )
             .bind(&seqs)
+            .bind(&uids)
+            .bind(&orgs)
             .bind(now.millis())
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(
-            "UPDATE events SET deliveries = (SELECT COUNT(*) FROM deliveries d WHERE d.event_seq = events.seq) \
-             WHERE seq = ANY($1) RETURNING id, deliveries",
-        )
-        .bind(&seqs)
-        .fetch_all(&mut *tx)
-        .await?;
-        for row in rows {
-            counts.insert(row.get("id"), row.get::<i64, _>("deliveries").max(0) as u64);
         }
     }
     sqlx::query("SELECT pg_notify($1, '')")

@@ -100,6 +100,7 @@ where
         match op().await {
             Err(e) if is_transient(&e) && tries < 5 => {
                 tries += 1;
+                tracing::debug!(error = %e, tries, "transient database error; running the transaction again");
                 tokio::time::sleep(Duration::from_millis(5 << tries)).await;
             }
             other => return other.map_err(map_err),
