@@ -311,7 +311,7 @@ pub async fn list_attempts(
 }
 
 /// Retry a delivery now, whatever its state, with a fresh retry schedule. Calling it
-/// again before the attempt is made (or while it is in flight) sends nothing more.
+/// again within 10 s, or while its attempt is in flight, sends nothing more.
 #[utoipa::path(post, path = "/deliveries/{id}/retry", tag = "delivery log",
     params(("id" = String, Path, description = "Delivery id")),
     responses((status = 202, body = Delivery), (status = 404, body = ErrorBody)),

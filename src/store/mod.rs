@@ -279,6 +279,10 @@ pub struct ClaimRequest {
     pub token: String,
 }
 
+/// A manual retry of a delivery this soon after the previous one is taken as the same
+/// click and does nothing.
+pub const DOUBLE_CLICK_MS: i64 = 10_000;
+
 /// The `endpoint_event_types.event_name` of an endpoint that takes every event.
 pub const WILDCARD: &str = "*";
 
@@ -426,7 +430,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_delivery(&self, org: &OrgId, delivery_id: i64) -> StoreResult<DeliveryRecord>;
     async fn list_attempts(&self, org: &OrgId, delivery_id: i64) -> StoreResult<Vec<AttemptView>>;
     /// Makes a delivery due now with a fresh retry schedule, unless an attempt of it is
-    /// in flight or it is already waiting to be made (so a double click sends once).
+    /// in flight or it was retried by hand within [`DOUBLE_CLICK_MS`] (so a double
+    /// click sends once).
     async fn retry_delivery(
         &self,
         org: &OrgId,

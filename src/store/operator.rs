@@ -133,16 +133,22 @@ macro_rules! operator_queries {
         }
 
         pub(super) async fn retry_delivery(pool: &$pool, org: &OrgId, id: i64, now: Timestamp) -> StoreResult<()> {
+            // Not while an attempt is in flight, and not again within DOUBLE_CLICK_MS
+            // of the last manual retry: a second click is the same request, even when
+            // the first one's attempt has already been made.
             sqlx::query(
                 "UPDATE deliveries SET \
                    retry_base = CASE WHEN state = 'pending' THEN retry_base ELSE attempts END, \
-                   state = 'pending', next_attempt_ms = $3, claim_token = NULL, updated_ms = $3 \
+                   state = 'pending', next_attempt_ms = $3, claim_token = NULL, updated_ms = $3, \
+                   retried_ms = $3 \
                  WHERE org_id = $1 AND id = $2 \
-                   AND NOT (state = 'pending' AND claim_token IS NOT NULL AND next_attempt_ms > $3)",
+                   AND NOT (state = 'pending' AND claim_token IS NOT NULL AND next_attempt_ms > $3) \
+                   AND (retried_ms IS NULL OR retried_ms < $4)",
             )
             .bind(org.as_str())
             .bind(id)
             .bind(now.millis())
+            .bind(now.millis() - crate::store::DOUBLE_CLICK_MS)
             .execute(pool)
             .await
             .map_err(map_err)?;
