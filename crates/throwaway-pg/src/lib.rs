@@ -210,7 +210,6 @@ impl PgCluster {
 
     /// Stops PostgreSQL (fast shutdown: sessions are ended, nothing committed is lost).
     /// Blocks until it is down.
-    #[allow(dead_code, reason = "used by the PostgreSQL suite only")]
     pub fn stop(&self) {
         let out = self
             .command("pg_ctl")
@@ -228,7 +227,6 @@ impl PgCluster {
 
     /// Starts PostgreSQL again on the same port and data. Blocks until it accepts
     /// connections.
-    #[allow(dead_code, reason = "used by the PostgreSQL suite only")]
     pub fn start(&self) {
         if let Err(log) = self.try_start() {
             panic!("PostgreSQL did not start again:\n{log}");
