@@ -286,6 +286,18 @@ pub const DOUBLE_CLICK_MS: i64 = 10_000;
 /// The `endpoint_event_types.event_name` of an endpoint that takes every event.
 pub const WILDCARD: &str = "*";
 
+impl ClaimRequest {
+    /// `in_flight` as the JSON object (`{"<uid>": n}`) the claim statements read.
+    pub(crate) fn in_flight_json(&self) -> String {
+        let pairs: Vec<String> = self
+            .in_flight
+            .iter()
+            .map(|(uid, n)| format!("\"{uid}\":{n}"))
+            .collect();
+        format!("{{{}}}", pairs.join(","))
+    }
+}
+
 /// The event types every new org starts with: Fullstory's documented ones.
 pub const DEFAULT_CATALOG: &[(&str, &str, bool)] = &[
     ("note.created", "Note Created", false),

@@ -42,6 +42,23 @@ macro_rules! operator_queries {
             }
         }
 
+        pub(super) async fn next_due(pool: &$pool) -> StoreResult<Option<Timestamp>> {
+            let ms: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(map_err)?;
+            Ok(ms.map(Timestamp::from_millis))
+        }
+
+        pub(super) async fn pending_count(pool: &$pool) -> StoreResult<u64> {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
+                .fetch_one(pool)
+                .await
+                .map_err(map_err)?;
+            Ok(n.max(0) as u64)
+        }
+
         pub(super) async fn get_event(pool: &$pool, org: &OrgId, id: &str) -> StoreResult<EventRecord> {
             let row = sqlx::query(
                 "SELECT id, event_name, subcategory, body, created_ms FROM events WHERE org_id = $1 AND id = $2",

@@ -158,14 +158,6 @@ pub(super) async fn publish(
     Ok(resolve(answers, &fresh, &counts))
 }
 
-fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
-    let pairs: Vec<String> = in_flight
-        .iter()
-        .map(|(uid, n)| format!("\"{uid}\":{n}"))
-        .collect();
-    format!("{{{}}}", pairs.join(","))
-}
-
 /// Claims in one statement: lock due rows (skipping rows other nodes hold and
 /// endpoints at their limit here), keep at most the endpoint's free slots, lease them,
 /// and return what the attempts need.
@@ -192,7 +184,7 @@ pub(super) async fn claim_due(
                    CASE WHEN e.old_secret_expires_ms > $2 THEN e.old_secret END AS old_secret, \
                    (e.enabled AND e.deleted_ms IS NULL) AS live",
     )
-    .bind(in_flight_json(&req.in_flight))
+    .bind(req.in_flight_json())
     .bind(req.now.millis())
     .bind(i64::from(req.per_endpoint))
     .bind(i64::from(req.limit) * 4)
@@ -313,21 +305,4 @@ pub(super) async fn park_endpoint(
     .await
     .map_err(map_err)?;
     Ok(())
-}
-
-pub(super) async fn next_due(pool: &PgPool) -> StoreResult<Option<Timestamp>> {
-    let ms: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'")
-            .fetch_one(pool)
-            .await
-            .map_err(map_err)?;
-    Ok(ms.map(Timestamp::from_millis))
-}
-
-pub(super) async fn pending_count(pool: &PgPool) -> StoreResult<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
-        .fetch_one(pool)
-        .await
-        .map_err(map_err)?;
-    Ok(n.max(0) as u64)
 }

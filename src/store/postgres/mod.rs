@@ -274,10 +274,10 @@ impl Store for PgStore {
         delivery::park_endpoint(&self.pool, endpoint_uid, now, until).await
     }
     async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
-        delivery::next_due(&self.pool).await
+        operator::next_due(&self.pool).await
     }
     async fn pending_count(&self) -> StoreResult<u64> {
-        delivery::pending_count(&self.pool).await
+        operator::pending_count(&self.pool).await
     }
     async fn expire_leases(&self, _now: Timestamp) -> StoreResult<()> {
         // Other nodes may hold live leases: they end on their own.

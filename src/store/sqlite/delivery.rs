@@ -125,14 +125,6 @@ pub(super) async fn publish(
     Ok(resolve(answers, &fresh, &counts))
 }
 
-fn in_flight_json(in_flight: &[(i64, u32)]) -> String {
-    let pairs: Vec<String> = in_flight
-        .iter()
-        .map(|(uid, n)| format!("\"{uid}\":{n}"))
-        .collect();
-    format!("{{{}}}", pairs.join(","))
-}
-
 pub(super) async fn claim_due(
     conn: &mut SqliteConnection,
     req: &ClaimRequest,
@@ -152,7 +144,7 @@ pub(super) async fn claim_due(
          WHERE id IN (SELECT due.id FROM due LEFT JOIN busy ON busy.uid = due.endpoint_uid \
                       WHERE due.rn <= ?3 - COALESCE(busy.n, 0) LIMIT ?7)",
     )
-    .bind(in_flight_json(&req.in_flight))
+    .bind(req.in_flight_json())
     .bind(req.now.millis())
     .bind(i64::from(req.per_endpoint))
     .bind(i64::from(req.limit) * 4)
@@ -293,23 +285,6 @@ pub(super) async fn park_endpoint(
     .await
     .map_err(map_err)?;
     Ok(())
-}
-
-pub(super) async fn next_due(pool: &SqlitePool) -> StoreResult<Option<Timestamp>> {
-    let ms: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'")
-            .fetch_one(pool)
-            .await
-            .map_err(map_err)?;
-    Ok(ms.map(Timestamp::from_millis))
-}
-
-pub(super) async fn pending_count(pool: &SqlitePool) -> StoreResult<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
-        .fetch_one(pool)
-        .await
-        .map_err(map_err)?;
-    Ok(n.max(0) as u64)
 }
 
 pub(super) async fn expire_leases(pool: &SqlitePool, now: Timestamp) -> StoreResult<()> {

@@ -315,10 +315,10 @@ impl Store for SqliteStore {
         result
     }
     async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
-        delivery::next_due(&self.reader).await
+        operator::next_due(&self.reader).await
     }
     async fn pending_count(&self) -> StoreResult<u64> {
-        delivery::pending_count(&self.reader).await
+        operator::pending_count(&self.reader).await
     }
     async fn expire_leases(&self, now: Timestamp) -> StoreResult<()> {
         delivery::expire_leases(&self.writer, now).await
