@@ -7,7 +7,7 @@ use rand::RngCore;
 
 use crate::config::ServeConfig;
 use crate::domain::{ApiKey, OrgId, Role, Timestamp};
-use crate::store::{ApiKeyRecord, DynStore};
+use crate::store::{ApiKeyRecord, DynStore, KeyInsert};
 
 /// A new key id: `k_` and 12 random bytes, base64url.
 pub fn new_key_id() -> String {
@@ -66,17 +66,21 @@ pub async fn run(store: &DynStore, config: &ServeConfig) -> anyhow::Result<()> {
             .await
             .context("creating bootstrap org")?;
         let key = ApiKey::from_raw(raw);
-        store
-            .upsert_admin_key(&key_record(
-                &org,
-                Role::Admin,
-                Some("bootstrap".into()),
-                &key,
-                now,
-            ))
+        let record = key_record(&org, Role::Admin, Some("bootstrap".into()), &key, now);
+        match store
+            .insert_api_key_if_absent(&record)
             .await
-            .context("storing bootstrap key")?;
-        tracing::info!(org = %org, "bootstrap admin key is in place");
+            .context("storing bootstrap key")?
+        {
+            KeyInsert::Inserted => tracing::info!(org = %org, "bootstrap admin key created"),
+            KeyInsert::Existed(existing) if existing.revoked.is_some() => tracing::warn!(
+                key.id = %existing.id,
+                "POSTHORN_BOOTSTRAP_KEY names a key that was revoked; it stays revoked (unset the variable, or choose a new key)"
+            ),
+            KeyInsert::Existed(existing) => {
+                tracing::info!(key.id = %existing.id, org = %existing.org_id, "bootstrap key is in place")
+            }
+        }
         return Ok(());
     }
     if store.count_active_api_keys().await? == 0 {

@@ -71,11 +71,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(config) => {
             let shutdown = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(crate::app::shutdown_on_signal(shutdown.clone()));
-            crate::app::serve(config, shutdown).await
+            tokio::spawn(crate::server::shutdown_on_signal(shutdown.clone()));
+            crate::server::serve(config, shutdown).await
         }
         Command::Migrate(db) => {
-            crate::store::connect(&db).await?;
+            crate::store::open(&db, crate::store::Access::Tool).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
         }) => {
             let org = OrgId::parse(&org).map_err(anyhow::Error::msg)?;
-            let store = crate::store::connect(&database).await?;
+            let store = crate::store::open(&database, crate::store::Access::Tool).await?;
             let key = ApiKey::generate();
             crate::bootstrap::create_key(&store, &org, role, name, &key).await?;
             println!("{}", key.expose());

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::publisher::PublishError;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
@@ -112,6 +113,15 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => Self::AlreadyExists(what),
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Other(e) => Self::Internal(e),
+        }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(err: PublishError) -> Self {
+        match err {
+            PublishError::Unavailable(_) | PublishError::Stopped => Self::Unavailable(err.into()),
+            PublishError::Failed(_) => Self::Internal(err.into()),
         }
     }
 }

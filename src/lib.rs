@@ -12,5 +12,6 @@ pub mod error;
 pub mod http;
 pub mod listen;
 pub mod publisher;
+pub mod server;
 pub mod store;
 pub mod telemetry;

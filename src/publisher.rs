@@ -1,26 +1,51 @@
 //! Group commit of publishes.
 //!
 //! Policy: publish requests hand their validated events to one committer task per
-//! process, which stores everything that is waiting in one transaction (one fsync, one
-//! round of statements) and answers each request from its share of the result. A
+//! process, which stores everything that is waiting in one store operation (one
+//! transaction, one fsync) and answers each request from its share of the result. A
 //! request is answered only after that commit, so a 202 still means durable; and the
 //! commit does not depend on the request, so a client that hangs up leaves either
-//! nothing or a fully queued event.
+//! nothing or a fully queued event. The deliveries of a commit go straight to this
+//! process's dispatcher, as far as it has room ([`Intake`]).
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery::Intake;
 use crate::domain::Timestamp;
-use crate::error::ApiError;
-use crate::store::{DynStore, NewEvent, Published, StoreError};
+use crate::store::{DynStore, NewEvent, PublishBatch, Published, StoreError};
 
 /// A repeated idempotency key is answered from the first event for this long.
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most events committed in one transaction.
 const MAX_GROUP: usize = 2000;
 
-type Reply = oneshot::Sender<Result<Vec<Published>, ApiError>>;
+/// Why a publish was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The store cannot take it now (unreachable, disk full): nothing was stored.
+    #[error("the store cannot take events now")]
+    Unavailable(#[source] anyhow::Error),
+    /// The process is shutting down.
+    #[error("the publisher has stopped")]
+    Stopped,
+    #[error("storing the events failed")]
+    Failed(#[source] anyhow::Error),
+}
+
+impl PublishError {
+    /// The same failure for every request of a group.
+    fn of(err: &StoreError) -> Self {
+        let cause = anyhow::anyhow!(crate::error::chain(err));
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable(cause),
+            _ => Self::Failed(cause),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Published>, PublishError>>;
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -29,37 +54,48 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the committer; it ends when the last `Publisher` clone is dropped.
-    pub fn start(store: DynStore, wake: Arc<Notify>) -> Self {
+    /// `intake`: this process's dispatcher (none on an API-only node).
+    pub fn start(store: DynStore, intake: Option<Intake>) -> Self {
         let (jobs, rx) = mpsc::channel(4096);
-        tokio::spawn(commit_loop(store, wake, rx));
+        tokio::spawn(commit_loop(store, intake, rx));
         Self { jobs }
     }
 
     /// Stores `events` with their deliveries; answers once they are durable.
-    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, ApiError> {
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Published>, PublishError> {
         let (reply, answer) = oneshot::channel();
-        let stopped = || ApiError::Unavailable(anyhow::anyhow!("the publisher has stopped"));
         self.jobs
             .send((events, reply))
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            .map_err(|_| PublishError::Stopped)?;
+        answer.await.map_err(|_| PublishError::Stopped)?
     }
 }
 
-/// The same failure for every request of a group.
-fn share(err: &StoreError) -> ApiError {
-    let cause = anyhow::anyhow!(crate::error::chain(err));
-    match err {
-        StoreError::Unavailable(_) => ApiError::Unavailable(cause),
-        StoreError::Conflict(what) => ApiError::AlreadyExists(what.clone()),
-        _ => ApiError::Internal(cause),
+/// Stores one group; its leased deliveries go to the dispatcher.
+async fn commit(
+    store: &DynStore,
+    intake: Option<&Intake>,
+    events: Arc<[NewEvent]>,
+) -> Result<Vec<Published>, StoreError> {
+    let now = Timestamp::now();
+    let result = store
+        .publish(PublishBatch {
+            events,
+            now,
+            idempotency_window_ms: IDEMPOTENCY_WINDOW_MS,
+            lease: intake.map(|i| i.lease(now)),
+        })
+        .await?;
+    if let Some(intake) = intake {
+        intake.hand_over(result.leased);
     }
+    Ok(result.answers)
 }
 
 async fn commit_loop(
     store: DynStore,
-    wake: Arc<Notify>,
+    intake: Option<Intake>,
     mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>,
 ) {
     let mut waiting = std::collections::VecDeque::new();
@@ -71,6 +107,9 @@ async fn commit_loop(
             }
             waiting.extend(arrived);
         }
+        while let Ok(more) = rx.try_recv() {
+            waiting.push_back(more);
+        }
         // Everything waiting, up to MAX_GROUP events (at least one request).
         let mut events = Vec::new();
         let mut replies = Vec::new();
@@ -81,12 +120,9 @@ async fn commit_loop(
                 break;
             }
         }
-        let result = store
-            .publish(&events, Timestamp::now(), IDEMPOTENCY_WINDOW_MS)
-            .await;
-        match result {
+        let events: Arc<[NewEvent]> = events.into();
+        match commit(&store, intake.as_ref(), events.clone()).await {
             Ok(published) => {
-                wake.notify_one();
                 let mut published = published.into_iter();
                 for (n, reply) in replies {
                     let _ = reply.send(Ok(published.by_ref().take(n).collect()));
@@ -96,22 +132,19 @@ async fn commit_loop(
             // own, so that only the request at fault fails. (When the store is down,
             // every request gets the 503 at once.)
             Err(e) if replies.len() > 1 && !matches!(e, StoreError::Unavailable(_)) => {
-                let mut events = events.into_iter();
+                let mut from = 0;
                 for (n, reply) in replies {
-                    let own: Vec<NewEvent> = events.by_ref().take(n).collect();
-                    let answer = store
-                        .publish(&own, Timestamp::now(), IDEMPOTENCY_WINDOW_MS)
+                    let own: Arc<[NewEvent]> = events[from..from + n].into();
+                    from += n;
+                    let answer = commit(&store, intake.as_ref(), own)
                         .await
-                        .map_err(|e| share(&e));
-                    if answer.is_ok() {
-                        wake.notify_one();
-                    }
+                        .map_err(|e| PublishError::of(&e));
                     let _ = reply.send(answer);
                 }
             }
             Err(e) => {
                 for (_, reply) in replies {
-                    let _ = reply.send(Err(share(&e)));
+                    let _ = reply.send(Err(PublishError::of(&e)));
                 }
             }
         }

@@ -1,21 +1,24 @@
-//! The delivery engine: claims due deliveries from the store (the queue), makes one
-//! attempt each, and records the outcomes.
+//! The delivery engine: takes deliveries from publishes and claims due ones from the
+//! store (the queue), makes one attempt each, and records the outcomes.
 //!
-//! Policy: at-least-once. Nothing is marked delivered before its 2xx; a claim is a
-//! lease that expires, so work held by a process that died becomes due again; outcomes
-//! are written in batches by one recorder task. A published event wakes the dispatcher
-//! at once; polling only finds due retries and expired leases. Concurrency is bounded
-//! per process and per endpoint, and an endpoint whose attempts hang is parked so it
-//! cannot hold up the others.
+//! Policy: at-least-once. Nothing is marked delivered before its 2xx; work held here is
+//! leased in the store, so work held by a process that died becomes due again when its
+//! lease ends. A publish hands its deliveries straight to this process's dispatcher
+//! while there is room for them ([`Intake`]); everything else is claimed when a wake-up
+//! says it is due, and polling only finds due retries and expired leases. Concurrency is
+//! bounded per process and per endpoint, and an endpoint whose attempts hang is parked
+//! so it cannot hold up the others.
 //!
-//! Files: `claim` (the dispatcher loop), `dispatch` (one attempt), `sign`, `retry`,
-//! `client` (HTTP client with the SSRF guard), `record` (the outcome writer),
-//! `retention` (pruning of old history).
+//! Files: `dispatcher` (the loop and its one-round `step`), `load` (what is held:
+//! the budget shared with publishes, queues per endpoint), `attempt` (one attempt),
+//! `client` (HTTP with the SSRF guard), `sign`, `retry`, `recorder` (the outcome
+//! writer), `retention` (pruning of old history).
 
-mod claim;
+pub mod attempt;
 pub mod client;
-pub mod dispatch;
-mod record;
+mod dispatcher;
+mod load;
+mod recorder;
 mod retention;
 pub mod retry;
 pub mod sign;
@@ -23,32 +26,29 @@ pub mod sign;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use rand::RngCore;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use dispatcher::{Dispatcher, Step};
+pub use load::Budget;
+
 use crate::config::DeliveryConfig;
 use crate::crypto::MasterKey;
-use crate::store::DynStore;
+use crate::domain::{ClaimToken, Timestamp};
+use crate::store::{Claimed, DynStore, FreshLease, LeaseBudget};
 use crate::telemetry::Metrics;
 use retry::RetryPolicy;
 
-/// What every attempt needs; shared by the dispatcher and its tasks.
+/// What every attempt needs; shared by the dispatcher, its tasks and test events.
 pub struct Engine {
     pub store: DynStore,
     pub master_key: MasterKey,
-    pub client: reqwest::Client,
+    pub client: client::Client,
     pub policy: RetryPolicy,
-    pub allow_private: bool,
     pub attempt_timeout: Duration,
     pub config: DeliveryConfig,
     pub metrics: Arc<Metrics>,
-    /// Notified when new work was queued.
-    pub wake: Arc<Notify>,
-    /// Names this process's claims.
-    pub node_id: String,
 }
 
 impl Engine {
@@ -58,38 +58,85 @@ impl Engine {
         config: DeliveryConfig,
         allow_private: bool,
         metrics: Arc<Metrics>,
-        wake: Arc<Notify>,
     ) -> anyhow::Result<Self> {
         let policy = RetryPolicy::parse(&config.retry_schedule, config.max_retry_after)?;
-        let client = client::build(allow_private, config.max_in_flight_per_endpoint as usize)?;
-        let mut id = [0u8; 6];
-        rand::thread_rng().fill_bytes(&mut id);
+        // Endpoints often share a host: keep as many idle connections to one host as
+        // attempts may be in flight.
+        let client = client::Client::new(!allow_private, config.max_in_flight as usize)?;
         Ok(Self {
             store,
             master_key,
             client,
             policy,
-            allow_private,
             attempt_timeout: config.attempt_timeout,
             config,
             metrics,
-            wake,
-            node_id: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id),
         })
     }
 
-    /// How long a claim lasts: the attempt timeout and a margin.
-    pub fn lease(&self) -> Duration {
-        self.attempt_timeout + self.config.lease_margin
+    /// When a lease taken now ends: after the attempt timeout and a margin.
+    pub fn lease_until(&self, now: Timestamp) -> Timestamp {
+        let lease = self.attempt_timeout + self.config.lease_margin;
+        Timestamp::from_millis(now.millis() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
     }
 
-    /// Runs the dispatcher until `shutdown`, then gives attempts in flight `grace` to
-    /// finish and releases the rest.
-    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) -> JoinHandle<()> {
-        let store = self.store.clone();
-        let (wake, stop) = (self.wake.clone(), shutdown.clone());
-        tokio::spawn(async move { store.watch(wake, stop).await });
+    /// A dispatcher, and the intake through which publishes hand it their deliveries.
+    pub fn dispatcher(self: &Arc<Self>) -> (Dispatcher, Intake) {
+        let max = self.config.max_in_flight.max(1) as usize;
+        let per_endpoint = self.config.max_in_flight_per_endpoint.max(1);
+        // Room for as much waiting as in flight, in all and per endpoint.
+        let budget = Arc::new(Budget::new(2 * max, 2 * per_endpoint));
+        let (handed, rx) = mpsc::unbounded_channel();
+        let intake = Intake {
+            engine: self.clone(),
+            budget: budget.clone(),
+            handed,
+        };
+        (Dispatcher::new(self.clone(), budget, rx), intake)
+    }
+
+    /// Runs `dispatcher` and the retention job until `shutdown`; attempts in flight
+    /// then get `grace` to finish and the rest is released.
+    pub fn spawn(
+        self: &Arc<Self>,
+        dispatcher: Dispatcher,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> JoinHandle<()> {
         tokio::spawn(retention::run(self.clone(), shutdown.clone()));
-        tokio::spawn(claim::run(self, shutdown, grace))
+        tokio::spawn(dispatcher.run(shutdown, grace))
+    }
+}
+
+/// Where publishes hand their deliveries: leased to this process while its dispatcher
+/// has room for them, so no claim is needed.
+#[derive(Clone)]
+pub struct Intake {
+    engine: Arc<Engine>,
+    budget: Arc<Budget>,
+    handed: mpsc::UnboundedSender<Vec<Claimed>>,
+}
+
+impl Intake {
+    /// The lease a publish stores its deliveries under.
+    pub fn lease(&self, now: Timestamp) -> FreshLease {
+        FreshLease {
+            token: ClaimToken::generate(),
+            until: self.engine.lease_until(now),
+            budget: self.budget.clone(),
+        }
+    }
+
+    /// Gives the dispatcher what a publish leased to it. If it has stopped, the
+    /// deliveries become due when their leases end.
+    pub fn hand_over(&self, leased: Vec<Claimed>) {
+        if leased.is_empty() {
+            return;
+        }
+        if let Err(mpsc::error::SendError(leased)) = self.handed.send(leased) {
+            for c in leased {
+                self.budget.give_back(c.endpoint.uid);
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Newtypes that parse once: a value of one of these types has passed its rules.
 
 pub mod api_key;
+pub mod delivery;
 pub mod event_type;
+pub mod ids;
 pub mod net;
 pub mod org;
 pub mod secret;
@@ -9,7 +11,9 @@ pub mod time;
 pub mod url;
 
 pub use api_key::{ApiKey, KeyHash, Role};
+pub use delivery::{DeliveryState, ErrorClass};
 pub use event_type::{EventName, EventTypeRef};
+pub use ids::{ClaimToken, DeliveryId, EndpointUid, EventId};
 pub use org::OrgId;
 pub use secret::Secret;
 pub use time::Timestamp;

@@ -1,4 +1,4 @@
-//! Which IP addresses posthorn refuses to send to (the SSRF guard, CONTRACT §5).
+//! Which IP addresses posthorn refuses to send to (the SSRF guard).
 //!
 //! Policy: refuse loopback, private, shared (CGNAT), link-local, multicast, broadcast,
 //! reserved, documentation and unspecified addresses, including the same IPv4

@@ -184,7 +184,7 @@ pub async fn list_event_types(
 ) -> ApiResult<Json<EventDefList>> {
     let types = state.store.list_event_types(caller.org()).await?;
     Ok(Json(EventDefList {
-        event_defs: types.into_iter().map(EventDef::from).collect(),
+        event_defs: types.iter().cloned().map(EventDef::from).collect(),
     }))
 }
 

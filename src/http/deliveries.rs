@@ -1,4 +1,4 @@
-//! The delivery log (posthorn's operator API, CONTRACT §4): an event and its fate, an
+//! The delivery log (posthorn's operator API): an event and its fate, an
 //! endpoint's deliveries, a delivery's attempts, retry one, recover many. Admin only.
 
 use axum::extract::State;
@@ -15,12 +15,11 @@ use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination;
 use super::ErrorBody;
 use crate::app::AppState;
-use crate::domain::{EndpointId, Timestamp};
+use crate::domain::{DeliveryId, DeliveryState, EndpointId, ErrorClass, EventId, Timestamp};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AttemptView, DeliveryFilter, DeliveryRecord};
 
 pub const MAX_PAGE: u32 = 100;
-const STATES: &[&str] = &["pending", "delivered", "failed"];
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -43,8 +42,7 @@ pub struct Delivery {
     pub endpoint_id: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub endpoint_deleted: bool,
-    /// `pending`, `delivered` or `failed`.
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -62,8 +60,8 @@ pub struct Delivery {
 impl From<DeliveryRecord> for Delivery {
     fn from(d: DeliveryRecord) -> Self {
         Self {
-            id: format!("dlv_{}", d.id),
-            event_id: d.event_id,
+            id: d.id.to_string(),
+            event_id: d.event_id.into_string(),
             event_name: d.event_name,
             endpoint_id: EndpointId::for_url(&d.endpoint_url).as_str().to_owned(),
             endpoint_deleted: d.endpoint_deleted,
@@ -113,9 +111,8 @@ pub struct Attempt {
     pub status_code: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `http_status`, `timeout`, `connect`, `ssrf`, `request` or `secret`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     /// The first 1 KiB of the response body.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
@@ -199,10 +196,8 @@ fn time_range(
     Ok((since, until))
 }
 
-fn delivery_id(raw: &str) -> ApiResult<i64> {
-    raw.strip_prefix("dlv_")
-        .and_then(|n| n.parse().ok())
-        .ok_or(ApiError::NotFound)
+fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
+    DeliveryId::parse(raw).ok_or(ApiError::NotFound)
 }
 
 /// An event, its payload and the state of its delivery to each endpoint
@@ -215,12 +210,13 @@ pub async fn get_event(
     caller: Authorized<AdminOnly>,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<EventView>> {
+    let id = EventId::from_raw(id);
     let event = state.store.get_event(caller.org(), &id).await?;
     let deliveries = state.store.event_deliveries(caller.org(), &id).await?;
     let mut body: Value =
         serde_json::from_slice(&event.body).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Json(EventView {
-        id: event.id,
+        id: event.id.into_string(),
         event_name: event.event_name,
         subcategory: event.subcategory,
         data: body.get_mut("data").map(Value::take).unwrap_or_default(),
@@ -245,15 +241,14 @@ pub async fn list_deliveries(
         pagination_token: q.pagination_token,
     };
     let (before, limit) = page.resolve("d", MAX_PAGE)?;
-    let state_filter = q.state.filter(|s| !s.is_empty());
-    if let Some(s) = &state_filter {
-        if !STATES.contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                "state",
-                "must be pending, delivered or failed",
-            ));
-        }
-    }
+    let before = before.map(DeliveryId);
+    let state_filter = match q.state.filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<DeliveryState>()
+                .map_err(|_| ApiError::invalid("state", "must be pending, delivered or failed"))?,
+        ),
+        None => None,
+    };
     let (since, until) = time_range(q.since.as_deref(), q.until.as_deref())?;
     let endpoint = load(&state, caller.org(), &id).await?;
     let filter = DeliveryFilter {
@@ -326,7 +321,6 @@ pub async fn retry_delivery(
         .store
         .retry_delivery(caller.org(), id, Timestamp::now())
         .await?;
-    state.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(delivery.into())))
 }
 
@@ -350,6 +344,5 @@ pub async fn recover(
         .store
         .recover_failed(caller.org(), endpoint.uid, since, until, Timestamp::now())
         .await?;
-    state.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(Recovered { queued })))
 }

@@ -1,4 +1,4 @@
-//! Operating an endpoint (posthorn's own, CONTRACT §4): send it a `test` event, test a
+//! Operating an endpoint (posthorn's own): send it a `test` event, test a
 //! URL before it is an endpoint, rotate its secret with a grace period, and its
 //! delivery statistics. Admin only.
 
@@ -19,9 +19,9 @@ use super::events::envelope;
 use super::input::{JsonBody, PathParam};
 use super::ErrorBody;
 use crate::app::AppState;
-use crate::delivery::{dispatch, sign};
+use crate::delivery::{attempt, sign};
 use crate::domain::event_type::TEST_EVENT;
-use crate::domain::{OrgId, Secret, Timestamp};
+use crate::domain::{ErrorClass, OrgId, Secret, Timestamp};
 use crate::error::{ApiError, ApiResult};
 
 /// Default time the previous secret keeps signing after a rotation.
@@ -50,7 +50,7 @@ pub struct TestResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_class: Option<String>,
+    pub error_class: Option<ErrorClass>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
 }
@@ -123,13 +123,21 @@ async fn send_test(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
     );
     let keys: Vec<Vec<u8>> = secrets.iter().map(sign::key_bytes).collect();
-    let sent = dispatch::send(&state.engine, url, org.as_str(), &msg_id, &body, &keys).await;
+    let sent = attempt::send(
+        &state.engine,
+        url,
+        org.as_str(),
+        &msg_id,
+        body.into(),
+        &keys,
+    )
+    .await;
     Ok(TestResult {
         success: sent.succeeded(),
         status_code: sent.status,
         latency_ms: sent.latency_ms,
         error: sent.error,
-        error_class: sent.error_class.map(str::to_owned),
+        error_class: sent.error_class,
         response_body: sent.response_body,
     })
 }

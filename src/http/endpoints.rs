@@ -1,4 +1,4 @@
-//! The five Fullstory endpoint operations (CONTRACT §3).
+//! The five Fullstory endpoint operations.
 
 use axum::extract::State;
 use axum::Json;

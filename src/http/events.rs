@@ -1,4 +1,4 @@
-//! Publishing events (posthorn's own operation, CONTRACT §4).
+//! Publishing events (posthorn's own operation).
 //!
 //! Policy: every event of a request is validated before any is stored; the event and
 //! all of its deliveries are committed in one transaction before the 202 is sent, by
@@ -8,8 +8,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -20,7 +18,7 @@ use super::input::JsonBody;
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::domain::event_type::TEST_EVENT;
-use crate::domain::OrgId;
+use crate::domain::{EventId, OrgId, Timestamp};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventTypeRecord, NewEvent, Published};
 
@@ -63,7 +61,7 @@ pub struct PublishAnswer {
 impl From<Published> for PublishAnswer {
     fn from(p: Published) -> Self {
         Self {
-            id: p.id,
+            id: p.id.into_string(),
             deliveries: p.deliveries,
         }
     }
@@ -72,16 +70,6 @@ impl From<Published> for PublishAnswer {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchAnswer {
     pub events: Vec<PublishAnswer>,
-}
-
-/// A new event id: `evt_` and 16 random bytes, base64url.
-fn new_event_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!(
-        "evt_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
 }
 
 /// The exact bytes every delivery of the event sends (compact JSON).
@@ -163,11 +151,11 @@ async fn validate(
         return Err(ApiError::PayloadTooLarge);
     }
     Ok(NewEvent {
-        id: new_event_id(),
+        id: EventId::generate(Timestamp::now()),
         org_id: org.clone(),
         event_name: name,
         subcategory,
-        body,
+        body: body.into(),
         idempotency_key,
     })
 }

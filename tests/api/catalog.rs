@@ -1,5 +1,5 @@
 //! The event catalog: Fullstory's List Event Types and List Event Subcategories, and
-//! posthorn's admin operations to add types and mint subcategories (CONTRACT §3, §4).
+//! posthorn's admin operations to add types and mint subcategories.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::api::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 
 const TYPES: &str = "/webhooks/v1/event-types";
 
@@ -15,7 +15,7 @@ fn subs(event_name: &str) -> String {
     format!("/webhooks/v1/event-types/{event_name}/subcategories")
 }
 
-/// The default catalog of CONTRACT §3: name → hasSubcategories.
+/// The default catalog: name → hasSubcategories.
 fn default_catalog() -> BTreeMap<String, bool> {
     [
         ("note.created", false),

@@ -8,8 +8,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::api::helpers::{spawn_app_with, TestApp};
-use crate::api::receiver::{Reply, TestReceiver};
+use crate::helpers::{spawn_app_with, TestApp};
+use crate::receiver::{Reply, TestReceiver};
 
 const SECRET: &str = "s3cret-value";
 const WAIT: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ async fn delivers_the_envelope_with_both_signatures() {
     let fs = req.header("fullstory-signature");
     let parts: Vec<&str> = fs.split(',').collect();
     assert_eq!(parts.len(), 3, "{fs}");
-    assert_eq!(parts[0], format!("o:{}", crate::api::helpers::ORG));
+    assert_eq!(parts[0], format!("o:{}", crate::helpers::ORG));
     let ts: i64 = parts[1]
         .strip_prefix("t:")
         .expect("t:")
@@ -95,7 +95,7 @@ async fn delivers_the_envelope_with_both_signatures() {
     assert!((now - ts).abs() < 30, "timestamp {ts} far from {now}");
     let expected = hmac_b64(
         SECRET.as_bytes(),
-        format!("{body}:{}:{ts}", crate::api::helpers::ORG).as_bytes(),
+        format!("{body}:{}:{ts}", crate::helpers::ORG).as_bytes(),
     );
     assert_eq!(parts[2], format!("v:{expected}"));
 
@@ -138,7 +138,7 @@ async fn a_whsec_secret_verifies_with_the_standard_webhooks_library() {
     let body = std::str::from_utf8(&got[0].body).expect("utf8");
     let expected = hmac_b64(
         b"0123456789abcdef0123456789abcdef",
-        format!("{body}:{}:{ts}", crate::api::helpers::ORG).as_bytes(),
+        format!("{body}:{}:{ts}", crate::helpers::ORG).as_bytes(),
     );
     assert!(fs.ends_with(&format!(",v:{expected}")), "{fs}");
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
-use crate::api::helpers::{spawn_app_with, ADMIN_KEY};
-use crate::api::receiver::{Reply, TestReceiver};
+use crate::helpers::{spawn_app_with, ADMIN_KEY};
+use crate::receiver::{Reply, TestReceiver};
 
 #[tokio::test]
 async fn a_hanging_endpoint_does_not_delay_the_others() {

@@ -1,10 +1,10 @@
-//! The error statuses of CONTRACT §1, each with the exact `{message, code}` body, and
+//! The error statuses, each with the exact `{message, code}` body, and
 //! the promise that a refused request changes nothing.
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::{spawn_app, spawn_app_with, Resp, TestApp, ADMIN_KEY};
+use crate::helpers::{spawn_app, spawn_app_with, Resp, TestApp, ADMIN_KEY};
 
 const ENDPOINTS: &str = "/webhooks/v1/endpoints";
 /// base64url of `https://example.com/a`.
@@ -345,7 +345,7 @@ async fn auth_errors_have_the_contract_form() {
 /// store (PostgreSQL cannot keep a NUL inside text).
 #[tokio::test]
 async fn nul_characters_and_bad_path_bytes_are_clean_4xx() {
-    let app = crate::api::helpers::spawn_app().await;
+    let app = crate::helpers::spawn_app().await;
     // "AA" is base64url of a single NUL byte.
     app.get("/webhooks/v1/endpoints/AA")
         .await

@@ -1,29 +1,43 @@
 //! Test harness: a real posthorn server on port 0 with a fresh store per test (an SQLite
-//! file, or a database of its own in the shared PostgreSQL cluster, by
-//! [`crate::BACKEND`]), driven over real HTTP. Real `posthorn serve` processes are in
-//! [`node`], re-exported here.
+//! file, or a database of its own in the shared PostgreSQL cluster: the store the suite
+//! runs on, [`Backend::of_suite`]), driven over real HTTP. Real `posthorn serve`
+//! processes are in [`node`], re-exported here.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use posthorn::app::Server;
 use posthorn::config::ServeConfig;
+use posthorn::server::Server;
 use reqwest::Method;
 use serde_json::Value;
 use sqlx::Row;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::pg::PgCluster;
+pub use throwaway_pg::PgCluster;
 
 mod node;
 
 pub use node::{free_port, posthorn_bin, ChildGuard, Node, NODE_KEY};
 
-/// The store a test binary runs its suite on.
+/// A kind of store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+impl Backend {
+    /// The store the suite runs on: `POSTHORN_TEST_STORE` (`sqlite`, the default, or
+    /// `postgres`). Tests under `on_sqlite` and `on_postgres` use their own store
+    /// whatever it says.
+    pub fn of_suite() -> Self {
+        match std::env::var("POSTHORN_TEST_STORE").as_deref() {
+            Ok("postgres") => Self::Postgres,
+            Ok("sqlite") | Err(_) => Self::Sqlite,
+            Ok(other) => panic!("POSTHORN_TEST_STORE={other:?}: expected sqlite or postgres"),
+        }
+    }
 }
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
@@ -41,13 +55,26 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A store of the suite's kind.
     pub async fn new() -> Self {
+        Self::of(Backend::of_suite()).await
+    }
+
+    pub async fn of(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = match crate::BACKEND {
+        let url = match backend {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("test.db").display()),
             Backend::Postgres => PgCluster::shared().create_database().await,
         };
         Self { url, dir }
+    }
+
+    pub fn backend(&self) -> Backend {
+        if self.url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
     }
 
     /// The master key a server on this store is given (`None` on SQLite: the key file).
@@ -80,7 +107,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if crate::BACKEND == Backend::Postgres {
+        if self.backend() == Backend::Postgres {
             if let Some(name) = self.url.rsplit('/').next() {
                 PgCluster::shared().drop_database_later(name);
             }
@@ -94,15 +121,10 @@ pub fn master_key_for(url: &str) -> Option<&'static str> {
 }
 
 /// The tests' own read-only queries on a store (the schema is the same on both): an
-/// SQLite or PostgreSQL pool by the URL, opened on first use.
+/// SQLite connection or a PostgreSQL pool by the URL, opened on first use.
 pub struct Sql {
     url: String,
-    pool: tokio::sync::OnceCell<QueryPool>,
-}
-
-enum QueryPool {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
+    pool: tokio::sync::OnceCell<sqlx::PgPool>,
 }
 
 impl Sql {
@@ -113,63 +135,81 @@ impl Sql {
         }
     }
 
-    async fn pool(&self) -> &QueryPool {
+    async fn pg(&self) -> &sqlx::PgPool {
         self.pool
             .get_or_init(|| async {
-                if self.url.starts_with("sqlite:") {
-                    QueryPool::Sqlite(
-                        sqlx::sqlite::SqlitePoolOptions::new()
-                            .max_connections(1)
-                            .connect(&self.url)
-                            .await
-                            .expect("open the test database"),
-                    )
-                } else {
-                    QueryPool::Postgres(
-                        sqlx::postgres::PgPoolOptions::new()
-                            .max_connections(1)
-                            .connect(&self.url)
-                            .await
-                            .expect("open the test database"),
-                    )
-                }
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&self.url)
+                    .await
+                    .expect("open the test database")
             })
             .await
+    }
+
+    /// Runs `query` on a read-only connection to the SQLite file.
+    async fn sqlite<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let path = self.url.trim_start_matches("sqlite://").to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            query(&conn)
+        })
+        .await
+        .expect("query task")
     }
 
     /// The first column of every row as text, NULL as "". The column must be text
     /// (cast it otherwise).
     pub async fn strings(&self, sql: &str) -> Vec<String> {
-        let rows: Vec<Option<String>> = match self.pool().await {
-            QueryPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
-            QueryPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
-        }
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let rows: Vec<Option<String>> = if self.url.starts_with("sqlite:") {
+            let owned = sql.to_owned();
+            self.sqlite(move |c| {
+                let mut stmt = c.prepare(&owned)?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        } else {
+            sqlx::query_scalar(sql)
+                .fetch_all(self.pg().await)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        };
         rows.into_iter().map(Option::unwrap_or_default).collect()
     }
 
     /// One integer: the first column of the first row, e.g. a `COUNT(*)` (BIGINT on
     /// PostgreSQL; INTEGER and SMALLINT columns are read too).
     pub async fn i64(&self, sql: &str) -> i64 {
-        match self.pool().await {
-            QueryPool::Sqlite(pool) => sqlx::query(sql)
-                .fetch_one(pool)
+        if self.url.starts_with("sqlite:") {
+            let owned = sql.to_owned();
+            return self
+                .sqlite(move |c| c.query_row(&owned, [], |r| r.get(0)))
                 .await
-                .and_then(|row| row.try_get::<i64, _>(0)),
-            QueryPool::Postgres(pool) => sqlx::query(sql).fetch_one(pool).await.and_then(|row| {
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        sqlx::query(sql)
+            .fetch_one(self.pg().await)
+            .await
+            .and_then(|row| {
                 row.try_get::<i64, _>(0)
                     .or_else(|_| row.try_get::<i32, _>(0).map(i64::from))
                     .or_else(|_| row.try_get::<i16, _>(0).map(i64::from))
-            }),
-        }
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            })
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     pub async fn close(&self) {
-        match self.pool.get() {
-            Some(QueryPool::Sqlite(p)) => p.close().await,
-            Some(QueryPool::Postgres(p)) => p.close().await,
-            None => {}
+        if let Some(p) = self.pool.get() {
+            p.close().await;
         }
     }
 }
@@ -249,8 +289,13 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     spawn_in(TestDb::new().await, tweak).await
 }
 
+/// A server on a store of the given kind, whatever the suite runs on.
+pub async fn spawn_app_on(backend: Backend, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    spawn_in(TestDb::of(backend).await, tweak).await
+}
+
 /// A server on `db` (kept if it has data).
-async fn spawn_in(db: TestDb, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+pub async fn spawn_in(db: TestDb, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let url = db.url.clone();
     let mut config = ServeConfig::with_database(url.clone());
     config.allow_private_targets = true;

@@ -1,4 +1,4 @@
-//! Operations (CONTRACT §4): health, readiness, metrics, and the OpenAPI document,
+//! Operations: health, readiness, metrics, and the OpenAPI document,
 //! with drift tests that hold the document and the router to each other.
 
 use std::collections::{BTreeSet, HashSet};
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::{posthorn_bin, spawn_app, TestApp};
+use crate::helpers::{posthorn_bin, spawn_app, TestApp};
 
 /// Every operation the document must describe.
 const REQUIRED_PATHS: &[&str] = &[

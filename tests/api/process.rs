@@ -9,10 +9,10 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::api::helpers::{
+use crate::helpers::{
     free_port, posthorn_bin, spawn_app, Backend, ChildGuard, Node, TestDb, NODE_KEY,
 };
-use crate::api::receiver::{Reply, TestReceiver};
+use crate::receiver::{Reply, TestReceiver};
 
 #[tokio::test]
 async fn sigkill_mid_run_loses_no_accepted_event() {
@@ -21,7 +21,7 @@ async fn sigkill_mid_run_loses_no_accepted_event() {
     rx.always("/crash", Reply::Slow(20));
     // On SQLite a restart voids the dead process's leases at once; PostgreSQL nodes wait
     // for them to run out (other nodes may still be working), so make leases short.
-    let env: &[(&str, &str)] = match crate::BACKEND {
+    let env: &[(&str, &str)] = match db.backend() {
         Backend::Sqlite => &[],
         Backend::Postgres => &[
             ("POSTHORN_ATTEMPT_TIMEOUT", "2s"),
@@ -126,7 +126,7 @@ async fn posthorn_listen_prints_deliveries_and_checks_signatures() {
             "--secret",
             "s3cret-value",
             "--org",
-            crate::api::helpers::ORG,
+            crate::helpers::ORG,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

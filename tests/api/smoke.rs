@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::api::helpers::spawn_app;
+use crate::helpers::spawn_app;
 
 #[tokio::test]
 async fn create_then_get_an_endpoint() {
@@ -24,15 +24,21 @@ async fn create_then_get_an_endpoint() {
     assert!(got.body.get("secret").is_none());
 }
 
-sqlite_only! {
-/// One process per SQLite file: a second `serve` on it refuses to start.
-#[tokio::test]
-async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
-    let app = crate::api::helpers::spawn_app().await;
-    let config = posthorn::config::ServeConfig::with_database(app.database_url.clone());
-    let Err(err) = posthorn::app::Server::bind(config).await else {
-        panic!("a second server started on the same SQLite file");
-    };
-    assert!(format!("{err:#}").contains("another `posthorn serve`"), "{err:#}");
-}
+/// Tests of the embedded store whatever store the suite runs on.
+mod on_sqlite {
+    use crate::helpers::{spawn_app_on, Backend};
+
+    /// One process per SQLite file: a second `serve` on it refuses to start.
+    #[tokio::test]
+    async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+        let app = spawn_app_on(Backend::Sqlite, |_| {}).await;
+        let config = posthorn::config::ServeConfig::with_database(app.database_url.clone());
+        let Err(err) = posthorn::server::Server::bind(config).await else {
+            panic!("a second server started on the same SQLite file");
+        };
+        assert!(
+            format!("{err:#}").contains("another `posthorn serve`"),
+            "{err:#}"
+        );
+    }
 }

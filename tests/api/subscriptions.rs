@@ -1,10 +1,10 @@
 //! Endpoint subscriptions (`eventTypes`) checked against the org's catalog, and the
-//! save-time SSRF guard on endpoint URLs (CONTRACT §3, §5).
+//! save-time SSRF guard on endpoint URLs.
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::{spawn_app, spawn_app_with, Resp, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, Resp, TestApp};
 
 const EP: &str = "/webhooks/v1/endpoints";
 const URL: &str = "https://example.com/fullstory-webhooks";

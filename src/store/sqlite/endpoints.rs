@@ -1,8 +1,224 @@
-//! Endpoints on SQLite (written once in `store/shared_endpoints.rs`).
+//! Endpoints and their subscriptions on SQLite.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Sqlite, SqlitePool};
+use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::{is_unique_violation, map_err};
+use super::sql::{execute, first, is_unique_violation, map_err, rows};
+use crate::domain::{EndpointUid, EventTypeRef, OrgId, Timestamp};
+use crate::store::rows::{attach_subscriptions, EndpointRow, SubscriptionRow, ENDPOINT_COLUMNS};
+use crate::store::{
+    EndpointPatch, EndpointRecord, NewEndpoint, Page, StoreError, StoreResult, WILDCARD,
+};
 
-endpoint_queries!(SqlitePool, SqliteRow, Sqlite);
+fn conflict(url: &str) -> StoreError {
+    StoreError::Conflict(format!("an endpoint with url {url} already exists"))
+}
+
+fn unique_or(url: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| {
+        if is_unique_violation(&e) {
+            conflict(url)
+        } else {
+            map_err(e)
+        }
+    }
+}
+
+/// Replaces an endpoint's subscriptions. An endpoint without any takes every event:
+/// one wildcard row stands for that, so fan-out is an index lookup either way.
+fn write_subscriptions(
+    conn: &Connection,
+    org: &OrgId,
+    uid: EndpointUid,
+    event_types: &[EventTypeRef],
+) -> StoreResult<()> {
+    execute(
+        conn,
+        "DELETE FROM endpoint_event_types WHERE endpoint_uid = ?1",
+        [uid.0],
+    )?;
+    let wildcard = [EventTypeRef {
+        event_name: WILDCARD.to_owned(),
+        subcategory: None,
+    }];
+    let subscriptions = if event_types.is_empty() {
+        &wildcard[..]
+    } else {
+        event_types
+    };
+    for (position, et) in subscriptions.iter().enumerate() {
+        execute(
+            conn,
+            "INSERT INTO endpoint_event_types (endpoint_uid, position, org_id, event_name, subcategory) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            params![
+                uid.0,
+                position as i64,
+                org.as_str(),
+                et.event_name,
+                et.subcategory.as_deref().unwrap_or("")
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Fills in the subscriptions of `endpoints` with one query.
+fn load_subscriptions(
+    conn: &Connection,
+    org: &OrgId,
+    endpoints: &mut [EndpointRecord],
+) -> StoreResult<()> {
+    let (Some(lo), Some(hi)) = (
+        endpoints.iter().map(|e| e.uid.0).min(),
+        endpoints.iter().map(|e| e.uid.0).max(),
+    ) else {
+        return Ok(());
+    };
+    let subs = rows::<SubscriptionRow>(
+        conn,
+        "SELECT endpoint_uid, event_name, subcategory FROM endpoint_event_types \
+         WHERE org_id = ?1 AND endpoint_uid BETWEEN ?2 AND ?3 ORDER BY endpoint_uid, position",
+        params![org.as_str(), lo, hi],
+    )?;
+    attach_subscriptions(endpoints, subs);
+    Ok(())
+}
+
+fn fetch_live(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
+    first::<EndpointRow>(
+        conn,
+        &format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1 AND url = ?2 AND deleted_ms IS NULL"),
+        params![org.as_str(), url],
+    )?
+    .ok_or(StoreError::NotFound)?
+    .into_record()
+}
+
+pub(super) fn create(conn: &mut Connection, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    tx.prepare_cached(
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms) \
+         VALUES (?1, ?2, 1, ?3, ?4, ?4)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            new.org_id.as_str(),
+            new.url,
+            new.sealed_secret,
+            new.now.millis()
+        ])
+    })
+    .map_err(unique_or(&new.url))?;
+    let mut endpoint = fetch_live(&tx, &new.org_id, &new.url)?;
+    write_subscriptions(&tx, &new.org_id, endpoint.uid, &new.event_types)?;
+    load_subscriptions(&tx, &new.org_id, std::slice::from_mut(&mut endpoint))?;
+    tx.commit().map_err(map_err)?;
+    Ok(endpoint)
+}
+
+pub(super) fn get(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
+    let mut endpoint = fetch_live(conn, org, url)?;
+    load_subscriptions(conn, org, std::slice::from_mut(&mut endpoint))?;
+    Ok(endpoint)
+}
+
+pub(super) fn list(
+    conn: &Connection,
+    org: &OrgId,
+    after: Option<i64>,
+    limit: u32,
+) -> StoreResult<Page<EndpointRecord>> {
+    let items = rows::<EndpointRow>(
+        conn,
+        &format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE org_id = ?1 AND deleted_ms IS NULL AND uid > ?2 \
+             ORDER BY uid LIMIT ?3"
+        ),
+        params![org.as_str(), after.unwrap_or(0), i64::from(limit) + 1],
+    )?
+    .into_iter()
+    .map(EndpointRow::into_record)
+    .collect::<StoreResult<Vec<_>>>()?;
+    let mut page = Page::from_overfetch(items, limit, |e| e.uid.0);
+    load_subscriptions(conn, org, &mut page.items)?;
+    Ok(page)
+}
+
+pub(super) fn update(
+    conn: &mut Connection,
+    org: &OrgId,
+    url: &str,
+    patch: &EndpointPatch,
+) -> StoreResult<EndpointRecord> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let current = fetch_live(&tx, org, url)?;
+    let new_url = patch.url.as_deref().unwrap_or(url);
+    tx.prepare_cached(
+        "UPDATE endpoints SET url = ?1, enabled = ?2, secret = COALESCE(?3, secret), modified_ms = ?4, \
+           old_secret = CASE WHEN ?6 THEN NULL ELSE old_secret END, \
+           old_secret_expires_ms = CASE WHEN ?6 THEN NULL ELSE old_secret_expires_ms END, \
+           disabled_reason = NULL, disabled_ms = CASE WHEN ?2 THEN NULL ELSE COALESCE(disabled_ms, ?4) END, \
+           failing_since_ms = CASE WHEN ?2 THEN NULL ELSE failing_since_ms END \
+         WHERE uid = ?5",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            new_url,
+            patch.enabled,
+            patch.sealed_secret,
+            patch.now.millis(),
+            current.uid.0,
+            patch.sealed_secret.is_some()
+        ])
+    })
+    .map_err(unique_or(new_url))?;
+    if let Some(event_types) = &patch.event_types {
+        write_subscriptions(&tx, org, current.uid, event_types)?;
+    }
+    let mut endpoint = fetch_live(&tx, org, new_url)?;
+    load_subscriptions(&tx, org, std::slice::from_mut(&mut endpoint))?;
+    tx.commit().map_err(map_err)?;
+    Ok(endpoint)
+}
+
+pub(super) fn delete(conn: &Connection, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
+    let done = execute(
+        conn,
+        "UPDATE endpoints SET deleted_ms = ?1, enabled = 0 WHERE org_id = ?2 AND url = ?3 AND deleted_ms IS NULL",
+        params![now.millis(), org.as_str(), url],
+    )?;
+    if done == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}
+
+pub(super) fn rotate_secret(
+    conn: &Connection,
+    org: &OrgId,
+    url: &str,
+    sealed: &[u8],
+    old_expires: Timestamp,
+    now: Timestamp,
+) -> StoreResult<()> {
+    let done = execute(
+        conn,
+        "UPDATE endpoints SET old_secret = secret, old_secret_expires_ms = ?4, secret = ?3, \
+           modified_ms = ?5 WHERE org_id = ?1 AND url = ?2 AND deleted_ms IS NULL",
+        params![
+            org.as_str(),
+            url,
+            sealed,
+            old_expires.millis(),
+            now.millis()
+        ],
+    )?;
+    if done == 0 {
+        return Err(StoreError::NotFound);
+    }
+    Ok(())
+}

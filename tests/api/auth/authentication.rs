@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::helpers::{spawn_app, spawn_app_with, TestApp, ADMIN_KEY, ORG};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, ADMIN_KEY, ORG};
 
 use super::{assert_unauthorized, endpoint_count, with_authorization};
 

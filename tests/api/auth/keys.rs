@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::api::helpers::{spawn_app, ADMIN_KEY};
+use crate::helpers::{spawn_app, ADMIN_KEY};
 
 use super::{
     assert_timestamp, assert_unauthorized, create_key_full, list_keys, with_authorization,

@@ -1,9 +1,9 @@
-//! Authentication, roles, API keys, tenancy and rate limiting (CONTRACT §1 and §2).
+//! Authentication, roles, API keys, tenancy and rate limiting.
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::{Resp, TestApp};
+use crate::helpers::{Resp, TestApp};
 
 mod authentication;
 mod keys;

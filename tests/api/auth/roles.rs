@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::{spawn_app, ADMIN_KEY};
+use crate::helpers::{spawn_app, ADMIN_KEY};
 
 use super::{assert_forbidden, create_key_full, endpoint_count, list_keys};
 

@@ -1,10 +1,10 @@
 //! The first start's admin key, the bootstrap key and org, and `posthorn keys create`
-//! beside a running server (CONTRACT §2).
+//! beside a running server.
 
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::helpers::TestDb;
+use crate::helpers::TestDb;
 
 use super::{assert_no_key_file, endpoint_count, key_count, keys_create, printed_key, Serve};
 

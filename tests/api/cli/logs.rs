@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::TestDb;
+use crate::helpers::TestDb;
 
 use super::Serve;
 

@@ -1,4 +1,4 @@
-//! The real `posthorn` binary as a user runs it (CONTRACT §2 bootstrap and keys, §6):
+//! The real `posthorn` binary as a user runs it:
 //! `serve` in child processes on free ports, `keys create` beside a running server.
 
 use std::path::Path;
@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use crate::api::helpers::{free_port, posthorn_bin, ChildGuard, TestDb};
+use crate::helpers::{free_port, posthorn_bin, ChildGuard, TestDb};
 
 mod keys;
 mod logs;

@@ -1,5 +1,5 @@
 //! `posthorn serve` options and failures: unusable databases, a busy port, SIGTERM,
-//! every option as a flag, the default database, and the master key (CONTRACT §6).
+//! every option as a flag, the default database, and the master key.
 
 use std::net::TcpListener as StdListener;
 use std::time::Duration;
@@ -7,27 +7,11 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::helpers::{free_port, TestDb};
+use crate::helpers::{free_port, TestDb};
 
 use super::{
     assert_clean_failure, assert_no_key_file, endpoint_count, posthorn, run_to_end, Serve,
 };
-
-sqlite_only! {
-#[tokio::test]
-async fn serve_with_an_unusable_database_fails_cleanly() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let missing_dir = format!("sqlite://{}", dir.path().join("no/such/dir/x.db").display());
-    for url in ["mysql://x", missing_dir.as_str()] {
-        let mut cmd = posthorn(dir.path());
-        cmd.arg("serve")
-            .env("POSTHORN_DATABASE_URL", url)
-            .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()));
-        let out = run_to_end(cmd).await;
-        assert_clean_failure(&out, "database");
-    }
-}
-}
 
 #[tokio::test]
 async fn serve_on_a_busy_port_fails_cleanly() {
@@ -110,35 +94,6 @@ async fn every_serve_option_is_also_a_flag() {
     }
 }
 
-sqlite_only! {
-#[tokio::test]
-async fn default_database_is_posthorn_db_in_the_working_directory() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut cmd = posthorn(dir.path());
-    cmd.arg("serve")
-        .env("POSTHORN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("POSTHORN_BOOTSTRAP_KEY", "default-db-key-0123");
-    let server = Serve::spawn(cmd, port).await;
-    let (status, _) = server
-        .call(
-            Method::GET,
-            "/webhooks/v1/endpoints",
-            Some("default-db-key-0123"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _, _) = server.terminate().await;
-    assert!(status.success());
-    assert!(dir.path().join("posthorn.db").exists(), "no ./posthorn.db");
-    assert!(
-        dir.path().join("posthorn.db.master-key").exists(),
-        "no key file beside the default database"
-    );
-}
-}
-
 #[tokio::test]
 async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
     let db = TestDb::new().await;
@@ -197,67 +152,115 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
     assert!(status.success());
 }
 
-postgres_only! {
-// Only these PostgreSQL tests use them (imported here: unused on SQLite).
-use super::{key_count, keys_create, printed_key};
+/// The embedded store, whatever store the suite runs on.
+mod on_sqlite {
+    use super::*;
 
-#[tokio::test]
-async fn serve_on_postgres_without_a_master_key_fails_cleanly() {
-    // Nodes sharing a database must share the key, so none is made up (CONTRACT §6).
-    let db = TestDb::new().await;
-    let mut cmd = posthorn(db.dir.path());
-    cmd.arg("serve")
-        .env("POSTHORN_DATABASE_URL", &db.url)
-        .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .env("POSTHORN_BOOTSTRAP_KEY", "no-master-key-0123456789");
-    let out = run_to_end(cmd).await;
-    assert_clean_failure(&out, "POSTHORN_MASTER_KEY");
-    assert_no_key_file(db.dir.path());
-}
-
-#[tokio::test]
-async fn serve_on_an_unreachable_or_missing_postgres_database_fails_cleanly() {
-    let db = TestDb::new().await;
-    let cluster = crate::api::pg::PgCluster::shared();
-    let nobody = format!("postgres://postgres@127.0.0.1:{}/posthorn", free_port());
-    let missing = cluster.url("no_such_database");
-    for url in [nobody.as_str(), missing.as_str()] {
-        let mut cmd = posthorn(db.dir.path());
-        cmd.arg("serve")
-            .envs(db.env())
-            .env("POSTHORN_DATABASE_URL", url)
-            .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()));
-        let out = run_to_end(cmd).await;
-        assert_clean_failure(&out, "PostgreSQL");
+    #[tokio::test]
+    async fn serve_with_an_unusable_database_fails_cleanly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing_dir = format!("sqlite://{}", dir.path().join("no/such/dir/x.db").display());
+        for url in ["mysql://x", missing_dir.as_str()] {
+            let mut cmd = posthorn(dir.path());
+            cmd.arg("serve")
+                .env("POSTHORN_DATABASE_URL", url)
+                .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()));
+            let out = run_to_end(cmd).await;
+            assert_clean_failure(&out, "database");
+        }
     }
-}
 
-#[tokio::test]
-async fn migrate_and_keys_create_work_on_a_fresh_postgres_database() {
-    let db = TestDb::new().await;
-    for _ in 0..2 {
-        let mut cmd = posthorn(db.dir.path());
-        cmd.args(["migrate", "--database", &db.url]);
-        let out = run_to_end(cmd).await;
+    #[tokio::test]
+    async fn default_database_is_posthorn_db_in_the_working_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut cmd = posthorn(dir.path());
+        cmd.arg("serve")
+            .env("POSTHORN_LISTEN", format!("127.0.0.1:{port}"))
+            .env("POSTHORN_BOOTSTRAP_KEY", "default-db-key-0123");
+        let server = Serve::spawn(cmd, port).await;
+        let (status, _) = server
+            .call(
+                Method::GET,
+                "/webhooks/v1/endpoints",
+                Some("default-db-key-0123"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, _, _) = server.terminate().await;
+        assert!(status.success());
+        assert!(dir.path().join("posthorn.db").exists(), "no ./posthorn.db");
         assert!(
-            out.status.success(),
-            "migrate: {}",
-            String::from_utf8_lossy(&out.stderr)
+            dir.path().join("posthorn.db.master-key").exists(),
+            "no key file beside the default database"
         );
     }
-    let key = printed_key(&keys_create(db.dir.path(), &db.url, "o-cli", "admin").await);
-    let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_ORG", "o-cli")]).await;
-    assert_eq!(
-        key_count(&server, &key).await,
-        1,
-        "no bootstrap key was minted"
-    );
-    let (status, _, lines) = server.terminate().await;
-    assert!(status.success(), "{}", lines.join("\n"));
-    assert!(
-        !lines.iter().any(|l| l.contains("ph_")),
-        "a key was minted although one existed:\n{}",
-        lines.join("\n")
-    );
 }
+
+/// PostgreSQL, whatever store the suite runs on.
+mod on_postgres {
+    use super::super::{key_count, keys_create, printed_key};
+    use super::*;
+    use crate::helpers::Backend;
+
+    #[tokio::test]
+    async fn serve_on_postgres_without_a_master_key_fails_cleanly() {
+        // Nodes sharing a database must share the key, so none is made up.
+        let db = TestDb::of(Backend::Postgres).await;
+        let mut cmd = posthorn(db.dir.path());
+        cmd.arg("serve")
+            .env("POSTHORN_DATABASE_URL", &db.url)
+            .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("POSTHORN_BOOTSTRAP_KEY", "no-master-key-0123456789");
+        let out = run_to_end(cmd).await;
+        assert_clean_failure(&out, "POSTHORN_MASTER_KEY");
+        assert_no_key_file(db.dir.path());
+    }
+
+    #[tokio::test]
+    async fn serve_on_an_unreachable_or_missing_postgres_database_fails_cleanly() {
+        let db = TestDb::of(Backend::Postgres).await;
+        let cluster = crate::helpers::PgCluster::shared();
+        let nobody = format!("postgres://postgres@127.0.0.1:{}/posthorn", free_port());
+        let missing = cluster.url("no_such_database");
+        for url in [nobody.as_str(), missing.as_str()] {
+            let mut cmd = posthorn(db.dir.path());
+            cmd.arg("serve")
+                .envs(db.env())
+                .env("POSTHORN_DATABASE_URL", url)
+                .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()));
+            let out = run_to_end(cmd).await;
+            assert_clean_failure(&out, "PostgreSQL");
+        }
+    }
+
+    #[tokio::test]
+    async fn migrate_and_keys_create_work_on_a_fresh_postgres_database() {
+        let db = TestDb::of(Backend::Postgres).await;
+        for _ in 0..2 {
+            let mut cmd = posthorn(db.dir.path());
+            cmd.args(["migrate", "--database", &db.url]);
+            let out = run_to_end(cmd).await;
+            assert!(
+                out.status.success(),
+                "migrate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let key = printed_key(&keys_create(db.dir.path(), &db.url, "o-cli", "admin").await);
+        let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_ORG", "o-cli")]).await;
+        assert_eq!(
+            key_count(&server, &key).await,
+            1,
+            "no bootstrap key was minted"
+        );
+        let (status, _, lines) = server.terminate().await;
+        assert!(status.success(), "{}", lines.join("\n"));
+        assert!(
+            !lines.iter().any(|l| l.contains("ph_")),
+            "a key was minted although one existed:\n{}",
+            lines.join("\n")
+        );
+    }
 }

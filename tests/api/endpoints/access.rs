@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, TestApp};
 
 use super::{
     b64url, create, create_url, list_all, list_all_with, page_ids, path_of, EP, FS_ID, FS_URL,

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::api::helpers::spawn_app;
+use crate::helpers::spawn_app;
 
 use super::{b64url, create, create_url, list_all, page_ids, path_of, EP, FS_ID, FS_URL};
 

@@ -1,9 +1,9 @@
-//! Create's answer (CONTRACT §1): the URL-derived id, timestamps, a minted secret that is
+//! Create's answer: the URL-derived id, timestamps, a minted secret that is
 //! never shown again, and the omission of empty values (`enabled` always present).
 
 use serde_json::json;
 
-use crate::api::helpers::spawn_app;
+use crate::helpers::spawn_app;
 
 use super::{
     assert_no_secret, b64url, create, create_url, id_of, is_rfc3339_millis_utc, page_ids, path_of,

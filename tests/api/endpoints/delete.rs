@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::helpers::spawn_app;
+use crate::helpers::spawn_app;
 
 use super::{create, create_url, id_of, list_all, path_of, EP, FS_ID, FS_URL};
 

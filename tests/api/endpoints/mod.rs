@@ -1,4 +1,4 @@
-//! The five Fullstory endpoint operations (CONTRACT §1–3), over real HTTP: one file per
+//! The five Fullstory endpoint operations, over real HTTP: one file per
 //! concern, sharing the local helpers below (which do not reuse the server's code).
 
 use std::collections::HashSet;
@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::helpers::{Resp, TestApp};
+use crate::helpers::{Resp, TestApp};
 
 mod access;
 mod casing;

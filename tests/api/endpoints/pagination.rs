@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::api::helpers::spawn_app;
+use crate::helpers::spawn_app;
 
 use super::{create_many, create_url, id_of, page_ids, EP, FS_ID, FS_URL};
 

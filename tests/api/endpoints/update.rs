@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::helpers::spawn_app;
+use crate::helpers::spawn_app;
 
 use super::{
     b64url, create, create_url, id_of, is_rfc3339_millis_utc, list_all, path_of, EP, FS_ID, FS_URL,

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, TestApp};
 
 use super::{create, create_url, list_all, list_all_with, path_of, send_raw, EP, FS_ID, FS_URL};
 

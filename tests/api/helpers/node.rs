@@ -1,6 +1,6 @@
 //! Real `posthorn` processes: the binary, a free port, a watchdog that kills a child if
 //! the test process dies first ([`ChildGuard`]), and a `posthorn serve` node ([`Node`]).
-//! Re-exported by `helpers`, so tests name them `crate::api::helpers::X`.
+//! Re-exported by `helpers`, so tests name them `crate::helpers::X`.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

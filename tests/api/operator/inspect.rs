@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::receiver::{Reply, TestReceiver};
+use crate::receiver::{Reply, TestReceiver};
 
 use super::{app_with, endpoint, publish, state_of, until};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::api::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{spawn_app_with, TestApp};
 
 mod inspect;
 mod resend;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::receiver::{Reply, TestReceiver};
+use crate::receiver::{Reply, TestReceiver};
 
 use super::{app_with, endpoint, publish, state_of, until, WAIT};
 

@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::api::receiver::{Received, Reply, TestReceiver};
+use crate::receiver::{Received, Reply, TestReceiver};
 
 use super::{app_with, endpoint, publish, WAIT};
 
@@ -119,7 +119,7 @@ async fn rotation_signs_with_both_secrets_during_the_grace_period_only() {
     let ts = got[0].header("webhook-timestamp");
     let fs_new = hmac_b64(
         b"secret-two-bbbb",
-        format!("{body}:{}:{ts}", crate::api::helpers::ORG).as_bytes(),
+        format!("{body}:{}:{ts}", crate::helpers::ORG).as_bytes(),
     );
     assert!(
         got[0]

@@ -1,0 +1,124 @@
+//! Read caches of API keys, event catalogs and subcategories, which every publish and
+//! every request looks up.
+//!
+//! Policy: every change to what is cached forgets the entry in the same call that makes
+//! the change. On SQLite a file is served by one process, so the cache is exact (a
+//! revoked key is refused at once; the `keys create` command only adds keys, and a key
+//! not in the cache is looked up in the database). On PostgreSQL every change also
+//! notifies the other nodes, which forget the entry when the notification arrives (and
+//! forget everything whenever their notification connection was lost). Misses are not
+//! cached.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::domain::{KeyHash, OrgId};
+use crate::store::{ApiKeyRecord, EventTypeRecord};
+
+/// Past this many entries a map is emptied and refilled on demand.
+const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Default)]
+pub(crate) struct Cache {
+    /// Keys, and a generation bumped by every forget: a key read from the database
+    /// before a revoke finished must not be cached after it.
+    keys: Mutex<(HashMap<[u8; 32], ApiKeyRecord>, u64)>,
+    catalogs: Mutex<HashMap<String, Arc<Vec<EventTypeRecord>>>>,
+    subcategories: Mutex<HashSet<(String, String, String)>>,
+}
+
+fn bounded<T>(len: usize, clear: impl FnOnce() -> T) {
+    if len >= MAX_ENTRIES {
+        clear();
+    }
+}
+
+impl Cache {
+    /// The cached key, or the generation to hand to [`Cache::put_key`] after reading
+    /// it from the database.
+    pub(crate) fn key(&self, hash: &KeyHash) -> Result<ApiKeyRecord, u64> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.0.get(&hash.0).cloned().ok_or(keys.1)
+    }
+
+    /// Remembers an active key read at `generation`, unless a key was forgotten since.
+    pub(crate) fn put_key(&self, record: &ApiKeyRecord, generation: u64) {
+        if record.revoked.is_some() {
+            return;
+        }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.1 != generation {
+            return;
+        }
+        bounded(keys.0.len(), || keys.0.clear());
+        keys.0.insert(record.hash.0, record.clone());
+    }
+
+    pub(crate) fn forget_key_id(&self, id: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.0.retain(|_, r| r.id != id);
+        keys.1 += 1;
+    }
+
+    pub(crate) fn forget_key_hash(&self, hash: &KeyHash) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.0.remove(&hash.0);
+        keys.1 += 1;
+    }
+
+    pub(crate) fn catalog(&self, org: &OrgId) -> Option<Arc<Vec<EventTypeRecord>>> {
+        let catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+        catalogs.get(org.as_str()).cloned()
+    }
+
+    pub(crate) fn put_catalog(
+        &self,
+        org: &OrgId,
+        types: Vec<EventTypeRecord>,
+    ) -> Arc<Vec<EventTypeRecord>> {
+        let types = Arc::new(types);
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+        bounded(catalogs.len(), || catalogs.clear());
+        catalogs.insert(org.as_str().to_owned(), types.clone());
+        types
+    }
+
+    pub(crate) fn forget_catalog(&self, org: &OrgId) {
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+        catalogs.remove(org.as_str());
+    }
+
+    /// Forgets everything (a notification may have been missed).
+    pub(crate) fn clear(&self) {
+        {
+            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.0.clear();
+            keys.1 += 1;
+        }
+        self.catalogs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.subcategories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    pub(crate) fn has_subcategory(&self, org: &OrgId, event: &str, token: &str) -> bool {
+        let subs = self
+            .subcategories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.contains(&(org.as_str().to_owned(), event.to_owned(), token.to_owned()))
+    }
+
+    pub(crate) fn put_subcategory(&self, org: &OrgId, event: &str, token: &str) {
+        let mut subs = self
+            .subcategories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        bounded(subs.len(), || subs.clear());
+        subs.insert((org.as_str().to_owned(), event.to_owned(), token.to_owned()));
+    }
+}

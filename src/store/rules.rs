@@ -1,0 +1,161 @@
+//! Rules both stores apply in the same way, as plain functions: idempotency keys
+//! repeated inside one batch, what a batch of outcomes means for each endpoint's
+//! health, and the buckets of the delivery statistics.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::model::{AttemptRecord, NewEvent, Outcome, Published};
+use crate::domain::{EndpointUid, Timestamp};
+
+/// The events of a batch, with repeats of one idempotency key folded into its first use.
+pub(crate) struct Deduped<'a> {
+    /// For each event of the batch, the index in `unique` of the event that answers it.
+    slots: Vec<usize>,
+    /// The events to store or look up, in batch order.
+    pub unique: Vec<&'a NewEvent>,
+}
+
+impl<'a> Deduped<'a> {
+    pub fn new(events: &'a [NewEvent]) -> Self {
+        let mut slots = Vec::with_capacity(events.len());
+        let mut unique: Vec<&NewEvent> = Vec::with_capacity(events.len());
+        let mut first: HashMap<(&str, &str), usize> = HashMap::new();
+        for ev in events {
+            if let Some(key) = &ev.idempotency_key {
+                if let Some(&n) = first.get(&(ev.org_id.as_str(), key.as_str())) {
+                    slots.push(n);
+                    continue;
+                }
+                first.insert((ev.org_id.as_str(), key.as_str()), unique.len());
+            }
+            slots.push(unique.len());
+            unique.push(ev);
+        }
+        Self { slots, unique }
+    }
+
+    /// One answer per event of the batch, from the answers of the unique events.
+    pub fn answers(&self, unique: &[Published]) -> Vec<Published> {
+        self.slots.iter().map(|&n| unique[n].clone()).collect()
+    }
+}
+
+/// What one batch of outcomes says about one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Health {
+    pub endpoint: EndpointUid,
+    /// Some attempt succeeded: the endpoint is healthy again.
+    pub succeeded: bool,
+    /// Otherwise, when the earliest failed attempt started.
+    pub failing_from: Option<Timestamp>,
+}
+
+/// The health of each endpoint that had an attempt made in `records`.
+pub(crate) fn health(records: &[AttemptRecord]) -> Vec<Health> {
+    let mut by_endpoint: HashMap<EndpointUid, Health> = HashMap::new();
+    for r in records.iter().filter(|r| r.attempt_no.is_some()) {
+        let h = by_endpoint.entry(r.endpoint).or_insert(Health {
+            endpoint: r.endpoint,
+            succeeded: false,
+            failing_from: None,
+        });
+        if r.outcome == Outcome::Delivered {
+            h.succeeded = true;
+        } else {
+            h.failing_from = Some(h.failing_from.map_or(r.started, |t| t.min(r.started)));
+        }
+    }
+    let mut out: Vec<Health> = by_endpoint.into_values().collect();
+    out.sort_by_key(|h| h.endpoint);
+    out
+}
+
+/// Why an endpoint was disabled automatically.
+pub(crate) fn auto_disable_reason(after: Duration) -> String {
+    format!(
+        "disabled automatically: every delivery attempt failed for {}",
+        humantime::format_duration(after)
+    )
+}
+
+/// Finished deliveries are counted in buckets of this many milliseconds (by the time
+/// they finished), so statistics and charts read a few rows per endpoint and window
+/// instead of the deliveries themselves.
+pub const STATS_BUCKET_MS: i64 = 5 * 60 * 1000;
+
+/// The bucket `t` falls in.
+pub(crate) fn stats_bucket(t: Timestamp) -> i64 {
+    t.millis() - t.millis().rem_euclid(STATS_BUCKET_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ClaimToken, DeliveryId, EventId, OrgId};
+
+    fn event(key: Option<&str>) -> NewEvent {
+        NewEvent {
+            id: EventId::generate(Timestamp::now()),
+            org_id: OrgId::parse("o-1").expect("org"),
+            event_name: "note.created".into(),
+            subcategory: None,
+            body: Default::default(),
+            idempotency_key: key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_key_repeated_in_a_batch_is_one_event() {
+        let events = [event(Some("a")), event(None), event(Some("a")), event(None)];
+        let d = Deduped::new(&events);
+        assert_eq!(d.unique.len(), 3);
+        let answers: Vec<Published> = d
+            .unique
+            .iter()
+            .map(|e| Published {
+                id: e.id.clone(),
+                deliveries: 1,
+            })
+            .collect();
+        let all = d.answers(&answers);
+        assert_eq!(all[0], all[2]);
+        assert_ne!(all[1], all[3]);
+    }
+
+    #[test]
+    fn health_says_success_or_the_earliest_failure() {
+        let record = |uid, started, outcome| AttemptRecord {
+            delivery: DeliveryId(1),
+            token: ClaimToken(1),
+            endpoint: EndpointUid(uid),
+            attempt_no: Some(1),
+            started: Timestamp::from_millis(started),
+            latency_ms: 1,
+            status_code: None,
+            error: None,
+            error_class: None,
+            response_body: None,
+            outcome,
+        };
+        let h = health(&[
+            record(1, 5, Outcome::Failed),
+            record(
+                1,
+                3,
+                Outcome::Retry {
+                    at: Timestamp::from_millis(9),
+                },
+            ),
+            record(2, 4, Outcome::Failed),
+            record(2, 6, Outcome::Delivered),
+        ]);
+        assert_eq!(h[0].failing_from, Some(Timestamp::from_millis(3)));
+        assert!(!h[0].succeeded);
+        assert!(h[1].succeeded);
+        assert_eq!(
+            stats_bucket(Timestamp::from_millis(STATS_BUCKET_MS + 7)),
+            STATS_BUCKET_MS
+        );
+    }
+}
