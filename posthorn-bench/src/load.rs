@@ -49,6 +49,20 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// GETs `path`; returns the status and the body.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
 /// Sends `total` requests from `concurrency` connections; `make(i)` gives request i's
 /// path and body. Fails on any non-2xx answer.
 pub async fn run<F>(

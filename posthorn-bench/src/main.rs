@@ -1,11 +1,15 @@
 //! posthorn-bench: one run, one machine: the ceiling first, then posthorn's publish
 //! throughput, end-to-end delivery throughput (1 and 10 endpoints), fan-out to 1,000
-//! endpoints, publish-to-receipt latency at a fixed rate, and peak RSS. Prints a table
-//! and, last, one JSON line.
+//! endpoints, publish-to-receipt latency at a fixed rate and at half the end-to-end
+//! maximum, throughput with a large history and backlog in the store, bytes on disk
+//! per delivered event, and peak RSS. Prints a table and, last, one JSON line.
 
+mod growth;
+mod latency;
 mod load;
 mod phases;
 mod receiver;
+mod report;
 mod server;
 
 use std::path::PathBuf;
@@ -17,6 +21,16 @@ use clap::{Parser, ValueEnum};
 pub enum Store {
     Sqlite,
     Postgres,
+}
+
+/// A part of the run (for profiling one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    Publish,
+    E2e,
+    Fanout,
+    Latency,
+    Growth,
 }
 
 #[derive(Debug, Parser)]
@@ -49,6 +63,15 @@ pub struct Args {
     /// The posthorn binary (default: built with cargo and taken from target/release).
     #[arg(long)]
     pub bin: Option<PathBuf>,
+    /// Finished deliveries put in the store before end to end is measured again.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history: usize,
+    /// Pending deliveries (retried in an hour) put in the store beside the history.
+    #[arg(long, default_value_t = 100_000)]
+    pub backlog: usize,
+    /// Run only these phases (comma-separated; default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub phases: Vec<Phase>,
 }
 
 #[tokio::main]

@@ -23,6 +23,8 @@ pub struct Counters {
     pub last_ns: AtomicU64,
     pub measure_latency: AtomicBool,
     pub latencies_ns: Mutex<Vec<u64>>,
+    /// Attempts answered 429 on `/backlog/...`.
+    pub backlog: AtomicU64,
 }
 
 impl Counters {
@@ -36,6 +38,17 @@ async fn handle(
     c: Arc<Counters>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // A backlog endpoint: every attempt is told to come back in an hour.
+    if req.uri().path().starts_with("/backlog") {
+        c.backlog.fetch_add(1, Ordering::SeqCst);
+        let mut busy = Response::new(Full::new(Bytes::new()));
+        *busy.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+        busy.headers_mut().insert(
+            "retry-after",
+            hyper::header::HeaderValue::from_static("3600"),
+        );
+        return Ok(busy);
+    }
     let body = req
         .into_body()
         .collect()
@@ -67,6 +80,7 @@ pub async fn start(epoch: Instant) -> anyhow::Result<(SocketAddr, Arc<Counters>)
         last_ns: AtomicU64::new(0),
         measure_latency: AtomicBool::new(false),
         latencies_ns: Mutex::new(Vec::new()),
+        backlog: AtomicU64::new(0),
     });
     let c = counters.clone();
     tokio::spawn(async move {
