@@ -38,7 +38,8 @@ SELECT id, event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms,
 FROM deliveries;
 DROP TABLE deliveries;
 ALTER TABLE deliveries_v2 RENAME TO deliveries;
-CREATE INDEX deliveries_due ON deliveries (next_attempt_ms) WHERE state = 'pending';
+-- The claim's scan reads both columns from the index alone.
+CREATE INDEX deliveries_due ON deliveries (next_attempt_ms, endpoint_uid) WHERE state = 'pending';
 CREATE INDEX deliveries_endpoint ON deliveries (endpoint_uid, id);
 
 CREATE TABLE endpoint_stats (

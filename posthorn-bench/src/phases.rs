@@ -185,16 +185,33 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     }
     let key = Some(ADMIN_KEY.to_owned());
 
+    // CPU seconds of posthorn and of this process (generator and receiver) over a phase.
+    let cpu = || {
+        (
+            posthorn.cpu_secs(),
+            crate::server::cpu_secs_of("/proc/self/stat"),
+        )
+    };
+    let per_delivery = |before: (f64, f64), n: f64| {
+        let after = cpu();
+        (
+            1e6 * (after.0 - before.0) / n,
+            1e6 * (after.1 - before.1) / n,
+        )
+    };
+
     if on(Phase::Publish) {
         progress(&format!(
             "publish: {n} single publishes (no subscribers), {c} connections"
         ));
+        let before = cpu();
         let t = Instant::now();
         load::run(api, c, n, key.clone(), |i| {
             ("/webhooks/v1/events".to_owned(), event("bench.nobody", i))
         })
         .await?;
         report.publish_rps = n as f64 / t.elapsed().as_secs_f64();
+        report.cpu_publish = Some(per_delivery(before, n as f64));
 
         progress(&format!("publish: {n} events in batches of 100"));
         let t = Instant::now();
@@ -218,7 +235,9 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
 
     if on(Phase::E2e) {
         progress(&format!("end to end: {n} events to 1 endpoint"));
+        let before = cpu();
         report.e2e_rps = e2e(api, &counters, n, c, "bench.one", "1 endpoint").await?;
+        report.cpu_e2e = Some(per_delivery(before, n as f64));
 
         let multi_events = n / args.endpoints.max(1);
         progress(&format!(
@@ -245,12 +264,14 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
             args.fanout
         ));
         counters.reset();
+        let before = cpu();
         let from = epoch.elapsed().as_nanos() as u64;
         load::run(api, c.min(fan_events), fan_events, key.clone(), |i| {
             ("/webhooks/v1/events".to_owned(), event("bench.fan", i))
         })
         .await?;
         report.fanout_rps = fan as f64 / drained(&counters, fan, from, "fan-out").await?;
+        report.cpu_fanout = Some(per_delivery(before, fan as f64));
     }
 
     if on(Phase::Latency) {

@@ -21,6 +21,11 @@ pub struct Report {
     pub latency_half: Option<Latency>,
     pub growth: Option<Growth>,
     pub rss_mib: f64,
+    /// CPU µs per event or delivery, (posthorn, the harness), per phase.
+    pub cpu_publish: Option<(f64, f64)>,
+    pub cpu_e2e: Option<(f64, f64)>,
+    pub cpu_multi: Option<(f64, f64)>,
+    pub cpu_fanout: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +99,19 @@ impl Report {
                 "store bytes per delivered event", g.bytes_per_delivery
             );
         }
+        for (name, cpu) in [
+            ("single publish", self.cpu_publish),
+            ("end to end, 1 endpoint", self.cpu_e2e),
+            ("end to end, many endpoints", self.cpu_multi),
+            ("fan-out", self.cpu_fanout),
+        ] {
+            if let Some((posthorn, harness)) = cpu {
+                eprintln!(
+                    "{:<52} posthorn {posthorn:.1} µs, harness {harness:.1} µs",
+                    format!("CPU per delivery, {name}")
+                );
+            }
+        }
         eprintln!("{:<52} {:>9.1} MiB", "posthorn peak RSS", self.rss_mib);
         eprintln!();
     }
@@ -123,6 +141,12 @@ impl Report {
                 "of_fresh": round(g.e2e_rps / self.e2e_rps), "bytes_per_delivery": round(g.bytes_per_delivery),
             })),
             "rss_mib": round(self.rss_mib),
+            "cpu_us": {
+                "publish": self.cpu_publish.map(|c| round(c.0)),
+                "e2e": self.cpu_e2e.map(|c| round(c.0)),
+                "e2e_multi": self.cpu_multi.map(|c| round(c.0)),
+                "fanout": self.cpu_fanout.map(|c| round(c.0)),
+            },
         })
         .to_string()
     }

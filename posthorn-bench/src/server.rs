@@ -102,6 +102,13 @@ impl Posthorn {
         Some(kb / 1024.0)
     }
 
+    /// CPU time the process has used so far (user + system), in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        self.child
+            .id()
+            .map_or(0.0, |pid| cpu_secs_of(&format!("/proc/{pid}/stat")))
+    }
+
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
@@ -111,4 +118,22 @@ impl Posthorn {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
     }
+}
+
+/// User + system CPU seconds from a `/proc/<pid>/stat` file (fields 14 and 15, in
+/// clock ticks of 1/100 s on Linux).
+pub fn cpu_secs_of(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name may hold spaces; the fields after it are plain.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }

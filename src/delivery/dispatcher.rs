@@ -22,7 +22,7 @@ use crate::store::{ClaimRequest, Claimed, LeaseBudget};
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
 /// Free room at which a backlog is claimed again.
-const REFILL_ROOM: usize = 64;
+const REFILL_ROOM: usize = 128;
 
 /// An attempt that ended (its outcome is with the recorder).
 struct Finished {

@@ -1,6 +1,6 @@
 //! Orgs, API keys, the event catalog and the meta table on SQLite.
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 
 use super::sql::{execute, first, is_unique_violation, map_err, rows, scalar};
 use crate::domain::{KeyHash, OrgId, Timestamp};
@@ -26,12 +26,9 @@ pub(super) fn meta_insert_if_absent(
     scalar(conn, "SELECT value FROM meta WHERE key = ?1", [key])
 }
 
-pub(super) fn ensure_org(conn: &mut Connection, org: &OrgId, now: Timestamp) -> StoreResult<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)?;
+pub(super) fn ensure_org(tx: &Connection, org: &OrgId, now: Timestamp) -> StoreResult<()> {
     let inserted = execute(
-        &tx,
+        tx,
         "INSERT INTO orgs (id, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         params![org.as_str(), now.millis()],
     )?;
@@ -39,14 +36,14 @@ pub(super) fn ensure_org(conn: &mut Connection, org: &OrgId, now: Timestamp) -> 
         // One millisecond apart, so listing by creation keeps the catalog's order.
         for (i, (name, display, has_sub)) in DEFAULT_CATALOG.iter().enumerate() {
             execute(
-                &tx,
+                tx,
                 "INSERT INTO event_types (org_id, name, display_name, has_subcategories, created_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![org.as_str(), name, display, has_sub, now.millis() + i as i64],
             )?;
         }
     }
-    tx.commit().map_err(map_err)
+    Ok(())
 }
 
 pub(super) fn count_active_keys(conn: &Connection) -> StoreResult<u64> {

@@ -1,6 +1,6 @@
 //! Endpoints and their subscriptions on SQLite.
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 
 use super::sql::{execute, first, is_unique_violation, map_err, rows};
 use crate::domain::{EndpointUid, EventTypeRef, OrgId, Timestamp};
@@ -94,10 +94,7 @@ fn fetch_live(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<Endpoint
     .into_record()
 }
 
-pub(super) fn create(conn: &mut Connection, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)?;
+pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
     tx.prepare_cached(
         "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms) \
          VALUES (?1, ?2, 1, ?3, ?4, ?4)",
@@ -111,10 +108,9 @@ pub(super) fn create(conn: &mut Connection, new: &NewEndpoint) -> StoreResult<En
         ])
     })
     .map_err(unique_or(&new.url))?;
-    let mut endpoint = fetch_live(&tx, &new.org_id, &new.url)?;
-    write_subscriptions(&tx, &new.org_id, endpoint.uid, &new.event_types)?;
-    load_subscriptions(&tx, &new.org_id, std::slice::from_mut(&mut endpoint))?;
-    tx.commit().map_err(map_err)?;
+    let mut endpoint = fetch_live(tx, &new.org_id, &new.url)?;
+    write_subscriptions(tx, &new.org_id, endpoint.uid, &new.event_types)?;
+    load_subscriptions(tx, &new.org_id, std::slice::from_mut(&mut endpoint))?;
     Ok(endpoint)
 }
 
@@ -147,15 +143,12 @@ pub(super) fn list(
 }
 
 pub(super) fn update(
-    conn: &mut Connection,
+    tx: &Connection,
     org: &OrgId,
     url: &str,
     patch: &EndpointPatch,
 ) -> StoreResult<EndpointRecord> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(map_err)?;
-    let current = fetch_live(&tx, org, url)?;
+    let current = fetch_live(tx, org, url)?;
     let new_url = patch.url.as_deref().unwrap_or(url);
     tx.prepare_cached(
         "UPDATE endpoints SET url = ?1, enabled = ?2, secret = COALESCE(?3, secret), modified_ms = ?4, \
@@ -177,11 +170,10 @@ pub(super) fn update(
     })
     .map_err(unique_or(new_url))?;
     if let Some(event_types) = &patch.event_types {
-        write_subscriptions(&tx, org, current.uid, event_types)?;
+        write_subscriptions(tx, org, current.uid, event_types)?;
     }
-    let mut endpoint = fetch_live(&tx, org, new_url)?;
-    load_subscriptions(&tx, org, std::slice::from_mut(&mut endpoint))?;
-    tx.commit().map_err(map_err)?;
+    let mut endpoint = fetch_live(tx, org, new_url)?;
+    load_subscriptions(tx, org, std::slice::from_mut(&mut endpoint))?;
     Ok(endpoint)
 }
 

@@ -14,7 +14,9 @@ mod admin;
 mod endpoints;
 mod log;
 mod migrate;
+mod publish;
 mod queue;
+mod retention;
 mod sql;
 mod thread;
 
@@ -28,7 +30,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::Notify;
 
-use self::thread::{Checkpointer, Readers, Writer, BUSY_TIMEOUT};
+use self::thread::{Readers, Writer, BUSY_TIMEOUT};
 use super::cache::Cache;
 use super::{
     Access, Admin, ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
@@ -44,7 +46,6 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     cache: Arc<Cache>,
     wake: Arc<Notify>,
-    _checkpointer: Checkpointer,
     /// Held while serving: one process per file.
     _lock: Option<File>,
 }
@@ -126,6 +127,8 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
         path.display()
     );
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Transient indexes (an IN list, a sort) stay in memory instead of temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     migrate::run(&mut conn)?;
     Ok(conn)
@@ -157,7 +160,6 @@ impl SqliteStore {
         let wake = Arc::new(Notify::new());
         Ok(Self {
             writer: Writer::start(conn, wake.clone())?,
-            _checkpointer: Checkpointer::start(path.clone())?,
             readers: Readers::new(path.clone()),
             path,
             cache: Default::default(),
@@ -176,13 +178,22 @@ impl Store for SqliteStore {
 #[async_trait]
 impl Queue for SqliteStore {
     async fn publish(&self, batch: PublishBatch) -> StoreResult<PublishResult> {
-        self.writer.run(move |w| queue::publish(w, batch)).await
+        // Room taken for deliveries whose commit failed is given back.
+        let budget = batch.lease.as_ref().map(|l| l.budget.clone());
+        let give_back = move |result: PublishResult| {
+            for c in result.leased.iter().filter(|_| budget.is_some()) {
+                budget.iter().for_each(|b| b.give_back(c.endpoint.uid));
+            }
+        };
+        self.writer
+            .run_undoable(true, move |w| publish::publish(w, batch), give_back)
+            .await
     }
 
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
         let request = request.clone();
         self.writer
-            .run(move |w| queue::claim_due(w, &request))
+            .run(false, move |w| queue::claim_due(w, &request))
             .await
     }
 
@@ -193,7 +204,9 @@ impl Queue for SqliteStore {
         disable_after: Duration,
     ) -> StoreResult<()> {
         self.writer
-            .run(move |w| queue::record_attempts(w, &records, now, disable_after))
+            .run(false, move |w| {
+                queue::record_attempts(w, &records, now, disable_after)
+            })
             .await
     }
 
@@ -204,7 +217,7 @@ impl Queue for SqliteStore {
         at: Timestamp,
     ) -> StoreResult<()> {
         self.writer
-            .run(move |w| queue::release(w, token, &deliveries, at))
+            .run(false, move |w| queue::release(w, token, &deliveries, at))
             .await
     }
 
@@ -215,7 +228,9 @@ impl Queue for SqliteStore {
         until: Timestamp,
     ) -> StoreResult<()> {
         self.writer
-            .run(move |w| queue::park_endpoint(w, endpoint, now, until))
+            .run(false, move |w| {
+                queue::park_endpoint(w, endpoint, now, until)
+            })
             .await
     }
 
@@ -227,7 +242,7 @@ impl Queue for SqliteStore {
     ) -> StoreResult<DeliveryRecord> {
         let org = org.clone();
         self.writer
-            .run(move |w| queue::retry_delivery(w, &org, delivery, now))
+            .run(true, move |w| queue::retry_delivery(w, &org, delivery, now))
             .await
     }
 
@@ -241,13 +256,15 @@ impl Queue for SqliteStore {
     ) -> StoreResult<u64> {
         let org = org.clone();
         self.writer
-            .run(move |w| queue::recover_failed(w, &org, endpoint, since, until, now))
+            .run(true, move |w| {
+                queue::recover_failed(w, &org, endpoint, since, until, now)
+            })
             .await
     }
 
     async fn prune(&self, cutoff: Timestamp, batch: u32) -> StoreResult<u64> {
         self.writer
-            .run(move |w| queue::prune(w, cutoff, batch))
+            .run(false, move |w| retention::prune(w, cutoff, batch))
             .await
     }
 
@@ -293,9 +310,8 @@ impl Admin for SqliteStore {
     async fn meta_insert_if_absent(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
         let (key, value) = (key.to_owned(), value.to_vec());
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
-                admin::meta_insert_if_absent(&w.conn, &key, &value)
+            .run(true, move |w| {
+                admin::meta_insert_if_absent(w.conn, &key, &value)
             })
             .await
     }
@@ -303,10 +319,7 @@ impl Admin for SqliteStore {
     async fn ensure_org(&self, org: &OrgId, now: Timestamp) -> StoreResult<()> {
         let owned = org.clone();
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
-                admin::ensure_org(&mut w.conn, &owned, now)
-            })
+            .run(true, move |w| admin::ensure_org(w.conn, &owned, now))
             .await?;
         self.cache.forget_catalog(org);
         Ok(())
@@ -319,10 +332,7 @@ impl Admin for SqliteStore {
     async fn insert_api_key(&self, key: &ApiKeyRecord) -> StoreResult<()> {
         let key = key.clone();
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
-                admin::insert_key(&w.conn, &key)
-            })
+            .run(true, move |w| admin::insert_key(w.conn, &key))
             .await
     }
 
@@ -330,10 +340,7 @@ impl Admin for SqliteStore {
         let owned = key.clone();
         let inserted = self
             .writer
-            .run(move |w| {
-                w.durable(true)?;
-                admin::insert_key_if_absent(&w.conn, &owned)
-            })
+            .run(true, move |w| admin::insert_key_if_absent(w.conn, &owned))
             .await?;
         self.cache.forget_key_hash(&key.hash);
         Ok(inserted)
@@ -364,10 +371,7 @@ impl Admin for SqliteStore {
         let (org, owned) = (org.clone(), id.to_owned());
         let revoked = self
             .writer
-            .run(move |w| {
-                w.durable(true)?;
-                admin::revoke_key(&w.conn, &org, &owned, now)
-            })
+            .run(true, move |w| admin::revoke_key(w.conn, &org, &owned, now))
             .await;
         self.cache.forget_key_id(id);
         revoked
@@ -405,9 +409,8 @@ impl Admin for SqliteStore {
         let (owned, event_type) = (org.clone(), event_type.clone());
         let created = self
             .writer
-            .run(move |w| {
-                w.durable(true)?;
-                admin::create_type(&w.conn, &owned, &event_type, now)
+            .run(true, move |w| {
+                admin::create_type(w.conn, &owned, &event_type, now)
             })
             .await;
         self.cache.forget_catalog(org);
@@ -458,10 +461,9 @@ impl Admin for SqliteStore {
         let (org, event_name, token) = (org.clone(), event_name.to_owned(), token.to_owned());
         let display_name = display_name.map(str::to_owned);
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
+            .run(true, move |w| {
                 admin::create_subcategory(
-                    &w.conn,
+                    w.conn,
                     &org,
                     &event_name,
                     &token,
@@ -475,10 +477,9 @@ impl Admin for SqliteStore {
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
         let new = new.clone();
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
+            .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::create(&mut w.conn, &new)
+                endpoints::create(w.conn, &new)
             })
             .await
     }
@@ -510,10 +511,9 @@ impl Admin for SqliteStore {
     ) -> StoreResult<EndpointRecord> {
         let (org, url, patch) = (org.clone(), url.to_owned(), patch.clone());
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
+            .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::update(&mut w.conn, &org, &url, &patch)
+                endpoints::update(w.conn, &org, &url, &patch)
             })
             .await
     }
@@ -521,10 +521,9 @@ impl Admin for SqliteStore {
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
         let (org, url) = (org.clone(), url.to_owned());
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
+            .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::delete(&w.conn, &org, &url, now)
+                endpoints::delete(w.conn, &org, &url, now)
             })
             .await
     }
@@ -539,10 +538,9 @@ impl Admin for SqliteStore {
     ) -> StoreResult<()> {
         let (org, url, sealed) = (org.clone(), url.to_owned(), sealed_secret.to_vec());
         self.writer
-            .run(move |w| {
-                w.durable(true)?;
+            .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::rotate_secret(&w.conn, &org, &url, &sealed, old_expires, now)
+                endpoints::rotate_secret(w.conn, &org, &url, &sealed, old_expires, now)
             })
             .await
     }

@@ -91,3 +91,17 @@ pub(super) fn scalar<T: rusqlite::types::FromSql>(
         .and_then(|mut stmt| stmt.query_row(params, |row| row.get(0)))
         .map_err(map_err)
 }
+
+/// Two integer columns of every row (for the claim's scan of the due index, which runs
+/// often and reads many rows).
+pub(super) fn pairs(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(map_err)?;
+    let rows = stmt
+        .query_map(params, |row| Ok((row.get(0)?, row.get(1)?)))
+        .map_err(map_err)?;
+    rows.collect::<Result<_, _>>().map_err(map_err)
+}

@@ -1,6 +1,13 @@
-//! The threads that own the SQLite connections: one writer, which runs every write as
-//! one message (a whole publish group, claim or outcome batch: one hand-off per
-//! operation, not per statement), and a few readers for everything else.
+//! The threads that own the SQLite connections: one writer, and a few readers.
+//!
+//! The writer runs every write as one message (a whole publish group, claim or outcome
+//! batch: one hand-off per operation, not per statement) and commits in groups: it
+//! takes every message waiting, runs each inside a savepoint of one transaction (an
+//! operation that fails rolls back alone), commits once, and only then answers them.
+//! So a publish, the claims and the outcomes waiting beside it share one commit, one
+//! fsync and the pages they touch. A group waits for fsync if any of its operations
+//! must be durable (anything acknowledged to a client); the queue's own bookkeeping
+//! alone does not (losing it to a power cut repeats a delivery, never loses one).
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -8,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{oneshot, Notify};
 
 use super::sql::map_err;
@@ -17,53 +24,49 @@ use crate::store::{StoreError, StoreResult, Target};
 
 /// How long a connection waits for another process's lock (the `keys create` CLI).
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most operations committed together.
+const MAX_GROUP: usize = 256;
 
 /// The endpoints a route (org, event name, subcategory) fans out to.
 pub(super) type RouteKey = (String, String, String);
 
-/// What the writer thread owns besides its connection: caches of what only writes
+/// What the writer thread keeps besides its connection: caches of what only its writes
 /// change, so they are exact. Every write to an endpoint or a subscription clears them.
 #[derive(Default)]
 pub(super) struct Caches {
     pub routes: HashMap<RouteKey, Arc<[Arc<Target>]>>,
     /// Endpoints by uid, for claims (also disabled and deleted ones).
     pub targets: HashMap<EndpointUid, Arc<Target>>,
+    /// When each endpoint's last success was written, while it is healthy: a healthy
+    /// endpoint's `last_success_ms` is written at most once a second.
+    pub healthy_since: HashMap<EndpointUid, i64>,
 }
 
 impl Caches {
     pub fn endpoints_changed(&mut self) {
         self.routes.clear();
         self.targets.clear();
+        self.healthy_since.clear();
     }
 }
 
-pub(super) struct WriterState {
-    pub conn: Connection,
-    pub caches: Caches,
-    /// The dispatcher's wake-up: notified when a write made work due.
-    pub wake: Arc<Notify>,
-    /// Whether commits currently wait for fsync.
+/// What an operation gets: the connection, inside the group's transaction.
+pub(super) struct Write<'a> {
+    pub conn: &'a Connection,
+    pub caches: &'a mut Caches,
+    /// Set when the operation made work due: the dispatcher is woken after the commit.
+    pub wake: bool,
+}
+
+/// Answers an operation once its group's commit is known.
+type Finish = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+
+struct Job {
     durable: bool,
+    /// Runs the operation (`None`: the transaction could not begin); says whether it
+    /// succeeded, and how to answer.
+    run: Box<dyn FnOnce(Option<&mut Write<'_>>) -> (bool, Finish) + Send>,
 }
-
-impl WriterState {
-    /// Sets whether commits wait for fsync: yes for anything acknowledged to a client
-    /// (publishes, API writes); no for the queue's own bookkeeping (claims, outcomes,
-    /// releases, parking), where losing a commit to a power cut makes a delivery happen
-    /// again but never loses one (the next durable commit syncs the WAL they are in).
-    pub fn durable(&mut self, durable: bool) -> StoreResult<()> {
-        if self.durable != durable {
-            let level = if durable { "FULL" } else { "NORMAL" };
-            self.conn
-                .pragma_update(None, "synchronous", level)
-                .map_err(map_err)?;
-            self.durable = durable;
-        }
-        Ok(())
-    }
-}
-
-type Job = Box<dyn FnOnce(&mut WriterState) + Send>;
 
 pub(super) struct Writer {
     jobs: mpsc::Sender<Job>,
@@ -73,77 +76,175 @@ fn stopped() -> StoreError {
     StoreError::Unavailable(anyhow::anyhow!("the SQLite writer thread has stopped"))
 }
 
+/// The store's error for a commit that failed, for every operation of the group.
+fn commit_failed(err: &rusqlite::Error) -> StoreError {
+    let cause = anyhow::anyhow!("commit failed: {err}");
+    match err {
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(
+                e.code,
+                ErrorCode::DiskFull
+                    | ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::CannotOpen
+                    | ErrorCode::OutOfMemory
+            ) =>
+        {
+            StoreError::Unavailable(cause)
+        }
+        _ => StoreError::Other(cause),
+    }
+}
+
+struct Thread {
+    conn: Connection,
+    caches: Caches,
+    wake: Arc<Notify>,
+    /// Whether commits currently wait for fsync.
+    durable: bool,
+}
+
+impl Thread {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn sync(&mut self, durable: bool) -> rusqlite::Result<()> {
+        if self.durable != durable {
+            let level = if durable { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", level)?;
+            self.durable = durable;
+        }
+        Ok(())
+    }
+
+    fn commit_group(&mut self, group: Vec<Job>) {
+        let durable = group.iter().any(|j| j.durable);
+        if let Err(e) = self
+            .sync(durable)
+            .and_then(|()| self.conn.execute_batch("BEGIN IMMEDIATE"))
+        {
+            for job in group {
+                let (_, finish) = (job.run)(None);
+                finish(Err(&e));
+            }
+            return;
+        }
+        let mut write = Write {
+            conn: &self.conn,
+            caches: &mut self.caches,
+            wake: false,
+        };
+        let mut finishes = Vec::with_capacity(group.len());
+        let mut broken = None;
+        for job in group {
+            if let Err(e) = write.conn.execute_batch("SAVEPOINT op") {
+                broken = Some(e);
+            }
+            let (ok, finish) = (job.run)(Some(&mut write));
+            let end = if ok {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            };
+            if let Err(e) = write.conn.execute_batch(end) {
+                broken = Some(e);
+            }
+            finishes.push(finish);
+        }
+        let wake = write.wake;
+        let committed = match broken {
+            Some(e) => Err(e),
+            None => self.conn.execute_batch("COMMIT"),
+        };
+        if committed.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // What was read or changed inside the lost transaction is not known to be.
+            self.caches = Caches::default();
+        }
+        for finish in finishes {
+            finish(committed.as_ref().map(|_| ()));
+        }
+        if committed.is_ok() && wake {
+            self.wake.notify_one();
+        }
+    }
+}
+
 impl Writer {
     /// Starts the writer thread on `conn`; it ends when the `Writer` is dropped.
     pub fn start(conn: Connection, wake: Arc<Notify>) -> anyhow::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let mut state = WriterState {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let thread = Thread {
             conn,
             caches: Caches::default(),
             wake,
             durable: true,
         };
-        state.conn.pragma_update(None, "synchronous", "FULL")?;
-        state.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut state);
-                }
-            })?;
+            .spawn(move || thread.run(rx))?;
         Ok(Self { jobs })
     }
 
-    /// Runs `op` on the writer thread and returns its result.
-    pub async fn run<T, F>(&self, op: F) -> StoreResult<T>
+    /// Runs `op` on the writer thread and returns its result once committed; if the
+    /// commit fails, `undo` gets what the operation returned (to give back what it
+    /// took) and the caller the error. `durable`: the commit waits for fsync.
+    pub async fn run_undoable<T, F, U>(&self, durable: bool, op: F, undo: U) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut WriterState) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> StoreResult<T> + Send + 'static,
+        U: FnOnce(T) + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |state| {
-            // A panic must not take the thread (and every later write) with it; an open
-            // transaction is rolled back when it is dropped during the unwind.
-            let result =
-                std::panic::catch_unwind(AssertUnwindSafe(|| op(state))).unwrap_or_else(|_| {
+        let run = Box::new(move |write: Option<&mut Write<'_>>| {
+            // A panic must not take the thread (and every later write) with it; the
+            // operation's savepoint is rolled back.
+            let result = write.map(|write| {
+                std::panic::catch_unwind(AssertUnwindSafe(|| op(write))).unwrap_or_else(|_| {
                     Err(StoreError::Other(anyhow::anyhow!("a store write panicked")))
-                });
-            let _ = reply.send(result);
+                })
+            });
+            let ok = matches!(result, Some(Ok(_)));
+            let finish: Finish = Box::new(move |committed| {
+                let answer = match (result, committed) {
+                    (Some(Ok(value)), Ok(())) => Ok(value),
+                    (Some(Ok(value)), Err(e)) => {
+                        undo(value);
+                        Err(commit_failed(e))
+                    }
+                    (Some(Err(e)), _) => Err(e),
+                    (None, Err(e)) => Err(commit_failed(e)),
+                    (None, Ok(())) => Err(stopped()),
+                };
+                let _ = reply.send(answer);
+            });
+            (ok, finish)
         });
-        self.jobs.send(job).map_err(|_| stopped())?;
+        self.jobs
+            .send(Job { durable, run })
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
-}
 
-/// Copies the WAL back into the database on a thread of its own, so that the writer
-/// never does it inside a commit (the writer's automatic checkpoints are off). Passive:
-/// it never blocks the writer or the readers. Stops when dropped.
-pub(super) struct Checkpointer {
-    _stop: mpsc::Sender<()>,
-}
-
-/// How often the WAL is checkpointed.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-impl Checkpointer {
-    pub fn start(path: PathBuf) -> anyhow::Result<Self> {
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; trying again");
-                    }
-                }
-            })?;
-        Ok(Self { _stop: stop })
+    /// [`Writer::run_undoable`] for operations that take nothing to give back.
+    pub async fn run<T, F>(&self, durable: bool, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Write<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.run_undoable(durable, op, |_| {}).await
     }
 }
 
@@ -172,6 +273,8 @@ impl Readers {
         .map_err(map_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
         conn.set_prepared_statement_cache_capacity(64);
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(map_err)?;
         Ok(conn)
     }
 
