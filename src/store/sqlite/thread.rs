@@ -60,12 +60,13 @@ pub(super) struct Write<'a> {
 
 /// Answers an operation once its group's commit is known.
 type Finish = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+/// Runs an operation (`None`: the transaction could not begin); says whether it
+/// succeeded, and how to answer.
+type Run = Box<dyn FnOnce(Option<&mut Write<'_>>) -> (bool, Finish) + Send>;
 
 struct Job {
     durable: bool,
-    /// Runs the operation (`None`: the transaction could not begin); says whether it
-    /// succeeded, and how to answer.
-    run: Box<dyn FnOnce(Option<&mut Write<'_>>) -> (bool, Finish) + Send>,
+    run: Run,
 }
 
 pub(super) struct Writer {
@@ -208,7 +209,7 @@ impl Writer {
         U: FnOnce(T) + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let run = Box::new(move |write: Option<&mut Write<'_>>| {
+        let run: Run = Box::new(move |write: Option<&mut Write<'_>>| {
             // A panic must not take the thread (and every later write) with it; the
             // operation's savepoint is rolled back.
             let result = write.map(|write| {
