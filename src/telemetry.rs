@@ -155,8 +155,8 @@ impl Metrics {
         }
     }
 
-    pub fn set_in_flight(&self, n: usize) {
-        self.in_flight.set(n as i64);
+    pub fn add_in_flight(&self, n: i64) {
+        self.in_flight.inc_by(n);
     }
 
     pub fn set_queue_depth(&self, n: u64) {

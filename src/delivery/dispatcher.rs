@@ -1,33 +1,29 @@
-//! The dispatcher: takes deliveries handed over by publishes and claims due ones from
-//! the store into per-endpoint queues, starts attempts as slots free up, and waits for
-//! work. [`Dispatcher::step`] is one round of that, so tests can drive it.
+//! The dispatcher: takes the deliveries publishes hand over and claims due ones from
+//! the store onto the lanes (per-endpoint queues with their workers, `lanes.rs`), parks
+//! slow endpoints, and waits for work. [`Dispatcher::step`] is one round of that, so
+//! tests can drive it.
 //!
 //! The store is asked for work only when something may be due: a wake-up (work queued
 //! without a lease, here or on another node), the poll timer, a claim that came back
-//! full, or room freed up. What is held here (waiting or in flight) is leased.
+//! full, or room freed up for a backlog. What is held here (waiting or in flight) is
+//! leased.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{Budget, Load};
+use super::lanes::Lanes;
+use super::load::Budget;
 use super::recorder::Recorder;
-use super::{attempt, Engine};
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid, Timestamp};
-use crate::store::{ClaimRequest, Claimed, LeaseBudget};
+use super::Engine;
+use crate::domain::{ClaimToken, EndpointUid, Timestamp};
+use crate::store::{ClaimRequest, Claimed};
 
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
-/// Free room at which a backlog is claimed again.
-const REFILL_ROOM: usize = 128;
-
-/// An attempt that ended (its outcome is with the recorder).
-struct Finished {
-    delivery: DeliveryId,
-}
 
 /// What one [`Dispatcher::step`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -35,18 +31,13 @@ pub struct Step {
     /// Deliveries taken from publishes.
     pub handed_over: usize,
     pub claimed: usize,
-    pub started: usize,
-    pub finished: usize,
-    /// Deliveries that waited too long for a slot and were left to their leases.
-    pub expired: usize,
 }
 
 pub struct Dispatcher {
     engine: Arc<Engine>,
     budget: Arc<Budget>,
     handed: mpsc::UnboundedReceiver<Vec<Claimed>>,
-    load: Load,
-    tasks: JoinSet<Finished>,
+    lanes: Lanes,
     recorder: Recorder,
     recorder_task: tokio::task::JoinHandle<()>,
     /// Something may be due in the store.
@@ -64,15 +55,16 @@ impl Dispatcher {
         handed: mpsc::UnboundedReceiver<Vec<Claimed>>,
     ) -> Self {
         let config = &engine.config;
-        let max = config.max_in_flight.max(1) as usize;
-        let (recorder, recorder_task) =
-            Recorder::start(engine.store.clone(), max, config.auto_disable_after);
+        let (recorder, recorder_task) = Recorder::start(
+            engine.store.clone(),
+            config.max_in_flight.max(1) as usize,
+            config.auto_disable_after,
+        );
         Self {
-            load: Load::new(max, config.max_in_flight_per_endpoint.max(1)),
+            lanes: Lanes::new(engine.clone(), budget.clone(), recorder.clone()),
             engine,
             budget,
             handed,
-            tasks: JoinSet::new(),
             recorder,
             recorder_task,
             maybe_due: true,
@@ -83,97 +75,44 @@ impl Dispatcher {
 
     /// Attempts in flight.
     pub fn in_flight(&self) -> usize {
-        self.load.in_flight()
+        self.lanes.in_flight()
     }
 
-    /// Nothing held and nothing known to be due.
-    pub fn is_idle(&self) -> bool {
-        self.load.is_idle() && !self.maybe_due
-    }
-
-    fn finished(&mut self, done: Result<Finished, tokio::task::JoinError>) -> bool {
-        let Ok(done) = done else { return false };
-        let Some(endpoint) = self.load.finish(done.delivery) else {
-            return false;
-        };
-        self.budget.give_back(endpoint);
-        // Room came back for what a claim left behind: claim again once an endpoint is
-        // down to half its room, or a batch's worth of room is free in all (not after
-        // every attempt).
-        if self.backlog {
-            let (room, here) = self.budget.room_and_held(endpoint);
-            if here == self.budget.per_endpoint() / 2 || room >= REFILL_ROOM {
-                self.maybe_due = true;
-            }
-        }
-        true
-    }
-
-    fn take_handed(&mut self, batch: Vec<Claimed>) -> usize {
-        let now = Instant::now();
-        let n = batch.len();
-        for c in batch {
-            self.load.add(c, now);
-        }
-        n
-    }
-
-    /// One round: collect finished attempts and handed-over deliveries, claim if
-    /// something may be due and there is room, and start what may start.
+    /// One round: take handed-over deliveries, and claim if something may be due and
+    /// there is room. Attempts start on the lanes as deliveries arrive.
     pub async fn step(&mut self) -> Step {
         let mut step = Step::default();
-        while let Some(done) = self.tasks.try_join_next() {
-            step.finished += usize::from(self.finished(done));
-        }
+        self.lanes.reap();
         while let Ok(batch) = self.handed.try_recv() {
-            step.handed_over += self.take_handed(batch);
+            step.handed_over += self.lanes.add(batch);
         }
-        let (room, held) = self.budget.snapshot();
-        let room = room.min(CLAIM_BATCH);
+        let room = self.budget.snapshot().0.min(CLAIM_BATCH);
         if self.maybe_due && room > 0 {
-            step.claimed = self.claim(room, held).await;
+            step.claimed = self.claim(room).await;
         } else if self.maybe_due {
             self.backlog = true;
         }
-        let max_wait = self.engine.config.lease_margin / 2;
-        let (start, expired) = self.load.startable(max_wait);
-        step.expired = expired.len();
-        for c in &expired {
-            self.budget.give_back(c.endpoint.uid);
-        }
-        if !expired.is_empty() {
-            tracing::debug!(
-                expired = expired.len(),
-                "claimed deliveries waited too long; left for their leases to end"
-            );
-        }
-        step.started = start.len();
-        for c in start {
-            self.spawn_attempt(c);
-        }
-        self.engine.metrics.set_in_flight(self.load.in_flight());
         step
     }
 
-    async fn claim(&mut self, room: usize, held: Vec<(EndpointUid, u32)>) -> usize {
+    async fn claim(&mut self, room: usize) -> usize {
         let now = Timestamp::now();
         let request = ClaimRequest {
             now,
             lease_until: self.engine.lease_until(now),
             limit: room as u32,
             per_endpoint: self.budget.per_endpoint(),
-            held,
+            held: self.budget.snapshot().1,
             token: ClaimToken::generate(),
         };
         match self.engine.store.claim_due(&request).await {
             Ok(claimed) => {
+                self.lanes.shared.freed.store(0, Ordering::Relaxed);
                 self.maybe_due = claimed.len() == room;
-                let n = claimed.len();
-                let now = Instant::now();
-                for c in claimed {
+                for c in &claimed {
                     self.budget.take(c.endpoint.uid);
-                    self.load.add(c, now);
                 }
+                let n = self.lanes.add(claimed);
                 // Due work may be left behind where the claim ran out of room: in all,
                 // or for an endpoint that is full now.
                 self.backlog = self.maybe_due || self.budget.any_full();
@@ -188,46 +127,46 @@ impl Dispatcher {
         }
     }
 
-    fn spawn_attempt(&mut self, c: Claimed) {
-        let (engine, recorder) = (self.engine.clone(), self.recorder.clone());
-        self.tasks.spawn(async move {
-            let record = attempt::make(&engine, &c).await;
-            engine.metrics.observe_attempt(&record, c.event.created);
-            recorder.submit(record).await;
-            Finished {
-                delivery: c.delivery,
-            }
-        });
+    /// Room came back: with a backlog, claim again once half an endpoint's room has come
+    /// back since the last claim (not after every attempt).
+    fn room_came_back(&mut self) {
+        let freed = self.lanes.shared.freed.load(Ordering::Relaxed);
+        if self.backlog && freed >= (self.budget.per_endpoint() / 2).max(1) as usize {
+            self.maybe_due = true;
+        }
     }
 
     /// Parks endpoints whose every slot is held by a slow attempt.
     async fn park_slow(&mut self) {
         let now = Timestamp::now();
-        for (uid, park) in self.load.slow_saturated(self.engine.attempt_timeout) {
-            tracing::info!(
-                endpoint.uid = uid.0,
-                park_ms = park.as_millis() as u64,
-                "endpoint is slow; parking its queue"
-            );
-            let until = Timestamp::from_millis(now.millis() + park.as_millis() as i64);
-            if let Err(e) = self.engine.store.park_endpoint(uid, now, until).await {
-                tracing::warn!(error = crate::error::chain(&e), "cannot park endpoint");
-            }
+        for (uid, park) in self.lanes.park_slow(self.engine.attempt_timeout) {
+            self.park(uid, now, park).await;
+        }
+    }
+
+    async fn park(&self, uid: EndpointUid, now: Timestamp, park: Duration) {
+        tracing::info!(
+            endpoint.uid = uid.0,
+            park_ms = park.as_millis() as u64,
+            "endpoint is slow; parking its queue"
+        );
+        let until = Timestamp::from_millis(now.millis() + park.as_millis() as i64);
+        if let Err(e) = self.engine.store.park_endpoint(uid, now, until).await {
+            tracing::warn!(error = crate::error::chain(&e), "cannot park endpoint");
         }
     }
 
     /// Waits until there may be something to do.
     async fn wait(&mut self, shutdown: &CancellationToken) {
         let wake = self.engine.store.wakeups();
+        let shared = self.lanes.shared.clone();
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = wake.notified() => self.maybe_due = true,
             Some(batch) = self.handed.recv() => {
-                self.take_handed(batch);
+                self.lanes.add(batch);
             }
-            Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                self.finished(done);
-            }
+            _ = shared.room.notified() => self.room_came_back(),
             _ = tokio::time::sleep_until(self.next_poll) => {
                 self.maybe_due = true;
                 self.next_poll = tokio::time::Instant::now() + self.poll_wait().await;
@@ -236,7 +175,7 @@ impl Dispatcher {
     }
 
     /// Until the next retry is due, at most a poll interval. Work that is due already
-    /// but was not claimable (its endpoint is full here) is taken when a slot frees up,
+    /// but was not claimable (its endpoint is full here) is taken when room comes back,
     /// not by polling for it.
     async fn poll_wait(&self) -> Duration {
         let poll = self.engine.config.poll_interval;
@@ -255,11 +194,14 @@ impl Dispatcher {
         let never = CancellationToken::new();
         loop {
             let step = self.step().await;
-            if self.load.is_idle() && step.claimed == 0 && step.handed_over == 0 {
+            if self.lanes.is_idle() && step.claimed == 0 && step.handed_over == 0 {
                 break;
             }
-            if step.claimed == 0 && step.started == 0 {
-                self.wait(&never).await;
+            if step.claimed == 0 {
+                tokio::select! {
+                    _ = self.wait(&never) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
             }
         }
         self.recorder.flushed().await;
@@ -268,45 +210,44 @@ impl Dispatcher {
     /// Runs until `shutdown`, then gives attempts in flight `grace` to finish, writes
     /// their outcomes, and releases everything else held here.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
+        let mut parking = tokio::time::interval(super::lanes::SLOW_ATTEMPT / 2);
         while !shutdown.is_cancelled() {
             let step = self.step().await;
             if self.maybe_due && step.claimed > 0 {
                 continue;
             }
-            self.park_slow().await;
-            self.wait(&shutdown).await;
+            tokio::select! {
+                _ = self.wait(&shutdown) => {}
+                _ = parking.tick() => self.park_slow().await,
+            }
         }
         self.stop(grace).await;
     }
 
-    async fn stop(mut self, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        while !self.tasks.is_empty() {
-            tokio::select! {
-                Some(done) = self.tasks.join_next() => { self.finished(done); }
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        self.tasks.abort_all();
-        while let Some(done) = self.tasks.join_next().await {
-            self.finished(done);
-        }
+    async fn stop(self, grace: Duration) {
+        let Self {
+            engine,
+            mut handed,
+            lanes,
+            recorder,
+            recorder_task,
+            ..
+        } = self;
+        let mut held = lanes.stop(grace).await;
         // Outcomes already made are written before anything is released, so that a
         // release never makes a delivered delivery due again.
-        drop(self.recorder);
-        let _ = tokio::time::timeout(grace.max(Duration::from_secs(5)), self.recorder_task).await;
+        drop(recorder);
+        let _ = tokio::time::timeout(grace.max(Duration::from_secs(5)), recorder_task).await;
         // Deliveries handed over but not taken yet are held too.
-        self.handed.close();
-        let now = Instant::now();
-        while let Ok(batch) = self.handed.try_recv() {
+        handed.close();
+        while let Ok(batch) = handed.try_recv() {
             for c in batch {
-                self.load.add(c, now);
+                held.entry(c.token).or_default().push(c.delivery);
             }
         }
         let now = Timestamp::now();
-        for (token, held) in self.load.held_by_token() {
-            let ids = held.iter().map(|(id, _)| *id).collect();
-            if let Err(e) = self.engine.store.release(token, ids, now).await {
+        for (token, ids) in held {
+            if let Err(e) = engine.store.release(token, ids, now).await {
                 tracing::warn!(
                     error = crate::error::chain(&e),
                     "cannot release deliveries; they are retried when their leases end"

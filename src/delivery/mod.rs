@@ -9,14 +9,16 @@
 //! bounded per process and per endpoint, and an endpoint whose attempts hang is parked
 //! so it cannot hold up the others.
 //!
-//! Files: `dispatcher` (the loop and its one-round `step`), `load` (what is held:
-//! the budget shared with publishes, queues per endpoint), `attempt` (one attempt),
+//! Files: `dispatcher` (the loop and its one-round `step`), `lanes` (a queue per
+//! endpoint and the workers that attempt from it), `load` (the room shared with
+//! publishes), `attempt` (one attempt),
 //! `client` (HTTP with the SSRF guard), `sign`, `retry`, `recorder` (the outcome
 //! writer), `retention` (pruning of old history).
 
 pub mod attempt;
 pub mod client;
 mod dispatcher;
+mod lanes;
 mod load;
 mod recorder;
 mod retention;
