@@ -1,8 +1,9 @@
 //! Group commit of publishes.
 //!
-//! Policy: publish requests hand their validated events to one committer task per
-//! process, which stores everything that is waiting in one store operation (one
-//! transaction, one fsync) and answers each request from its share of the result. A
+//! Policy: publish requests hand their validated events to committer tasks (a few per
+//! process, so one gathers a group while another commits), which store everything
+//! that is waiting in one store operation (one transaction, one fsync) and answer each
+//! request from its share of the result. A
 //! request is answered only after that commit, so a 202 still means durable; and the
 //! commit does not depend on the request, so a client that hangs up leaves either
 //! nothing or a fully queued event. The deliveries of a commit go straight to this
@@ -20,6 +21,8 @@ use crate::store::{DynStore, NewEvent, PublishBatch, Published, StoreError};
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most events committed in one transaction.
 const MAX_GROUP: usize = 2000;
+/// Groups committing at once.
+const COMMITTERS: usize = 4;
 
 /// Why a publish was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,10 @@ impl Publisher {
     /// `intake`: this process's dispatcher (none on an API-only node).
     pub fn start(store: DynStore, intake: Option<Intake>) -> Self {
         let (jobs, rx) = mpsc::channel(4096);
-        tokio::spawn(commit_loop(store, intake, rx));
+        let rx: Jobs = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(commit_loop(store.clone(), intake.clone(), rx.clone()));
+        }
         Self { jobs }
     }
 
@@ -93,31 +99,28 @@ async fn commit(
     Ok(result.answers)
 }
 
-async fn commit_loop(
-    store: DynStore,
-    intake: Option<Intake>,
-    mut rx: mpsc::Receiver<(Vec<NewEvent>, Reply)>,
-) {
-    let mut waiting = std::collections::VecDeque::new();
+type Jobs = Arc<tokio::sync::Mutex<mpsc::Receiver<(Vec<NewEvent>, Reply)>>>;
+
+/// One committer: takes everything waiting (up to MAX_GROUP events, at least one
+/// request), commits it, answers, and again. Several run at once, so a group can be
+/// gathered while the previous one commits.
+async fn commit_loop(store: DynStore, intake: Option<Intake>, jobs: Jobs) {
     loop {
-        if waiting.is_empty() {
-            let mut arrived = Vec::new();
-            if rx.recv_many(&mut arrived, 256).await == 0 {
-                return;
-            }
-            waiting.extend(arrived);
-        }
-        while let Ok(more) = rx.try_recv() {
-            waiting.push_back(more);
-        }
-        // Everything waiting, up to MAX_GROUP events (at least one request).
         let mut events = Vec::new();
         let mut replies = Vec::new();
-        while let Some((batch, reply)) = waiting.pop_front() {
+        {
+            let mut rx = jobs.lock().await;
+            let Some((batch, reply)) = rx.recv().await else {
+                return;
+            };
             replies.push((batch.len(), reply));
             events.extend(batch);
-            if events.len() >= MAX_GROUP {
-                break;
+            while events.len() < MAX_GROUP {
+                let Ok((batch, reply)) = rx.try_recv() else {
+                    break;
+                };
+                replies.push((batch.len(), reply));
+                events.extend(batch);
             }
         }
         let events: Arc<[NewEvent]> = events.into();

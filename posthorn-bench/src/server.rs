@@ -68,7 +68,10 @@ impl Posthorn {
             .env("POSTHORN_BOOTSTRAP_KEY", ADMIN_KEY)
             .env("POSTHORN_ALLOW_PRIVATE_TARGETS", "true")
             .env("POSTHORN_RATE_LIMIT", "0")
-            .env("POSTHORN_LOG", "warn")
+            .env(
+                "POSTHORN_LOG",
+                std::env::var("BENCH_POSTHORN_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);

@@ -250,11 +250,10 @@ impl Shared {
         next
     }
 
-    fn done(&self, c: &Claimed) {
+    fn attempted(&self, c: &Claimed) {
         if let Some(lane) = self.lanes().get_mut(&c.endpoint.uid) {
             lane.running.remove(&c.delivery);
         }
-        self.give_back(c.endpoint.uid);
     }
 
     fn give_back(&self, uid: EndpointUid) {
@@ -286,8 +285,11 @@ async fn work(shared: Arc<Shared>, uid: EndpointUid) {
             .engine
             .metrics
             .observe_attempt(&record, c.event.created);
+        // The attempt is over (parking looks at attempts only); the slot is kept until
+        // the recorder has taken the outcome.
+        shared.attempted(&c);
         shared.recorder.submit(record).await;
         drop((slot, parked_slot));
-        shared.done(&c);
+        shared.give_back(c.endpoint.uid);
     }
 }

@@ -64,19 +64,35 @@ impl Recorder {
     }
 }
 
+/// Batches written at once: a store that can (PostgreSQL) writes them in parallel.
+const WRITERS: usize = 3;
+
 async fn run(
     store: DynStore,
     mut rx: mpsc::UnboundedReceiver<Outcome>,
     batch: usize,
     disable_after: Duration,
 ) {
-    let mut queued: Vec<Outcome> = Vec::with_capacity(batch);
-    while rx.recv_many(&mut queued, batch.max(1)).await > 0 {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    let mut writing = tokio::task::JoinSet::new();
+    loop {
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            break;
+        };
+        let mut queued: Vec<Outcome> = Vec::with_capacity(batch);
+        if rx.recv_many(&mut queued, batch.max(1)).await == 0 {
+            break;
+        }
         let (records, permits): (Vec<AttemptRecord>, Vec<OwnedSemaphorePermit>) =
-            queued.drain(..).unzip();
-        write(&store, records, disable_after).await;
-        drop(permits);
+            queued.into_iter().unzip();
+        let store = store.clone();
+        writing.spawn(async move {
+            write(&store, records, disable_after).await;
+            drop((permits, writer));
+        });
+        while writing.try_join_next().is_some() {}
     }
+    while writing.join_next().await.is_some() {}
 }
 
 /// Writes a batch, waiting out an unreachable store. A batch the store refuses for

@@ -319,7 +319,9 @@ pub(super) async fn publish(pool: &PgPool, batch: PublishBatch) -> StoreResult<P
 
 /// Claims in one statement: lock due rows (skipping rows other nodes hold and
 /// endpoints full here), keep at most each endpoint's room, lease them, and return
-/// what the attempts need.
+/// what the attempts need. The leased rows are found by `id = ANY(...)`, so the plan
+/// stays on the primary key (a join with the picked rows can turn into a scan of the
+/// whole table).
 pub(super) async fn claim_due(
     pool: &PgPool,
     req: &ClaimRequest,
@@ -337,8 +339,8 @@ pub(super) async fn claim_due(
          picked AS (SELECT r.id FROM ranked r LEFT JOIN busy b ON b.uid = r.endpoint_uid \
                     WHERE r.rn <= $6 - COALESCE(b.n, 0) LIMIT $7) \
          UPDATE deliveries d SET next_attempt_ms = $8, claim_token = $9 \
-         FROM picked p, events ev, endpoints e \
-         WHERE d.id = p.id AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
+         FROM events ev, endpoints e \
+         WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
          RETURNING d.id, d.attempts, d.retry_base, ev.id AS event_id, ev.created_ms AS event_created_ms, ev.body, \
                    e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms, \
                    (e.enabled AND e.deleted_ms IS NULL) AS live",
@@ -347,7 +349,7 @@ pub(super) async fn claim_due(
     .bind(held_n)
     .bind(req.now.millis())
     .bind(full)
-    .bind(i64::from(req.limit) * 4)
+    .bind(i64::from(req.limit) * 2)
     .bind(i64::from(req.per_endpoint))
     .bind(i64::from(req.limit))
     .bind(req.lease_until.millis())
@@ -356,70 +358,102 @@ pub(super) async fn claim_due(
     .await
 }
 
-/// Records a batch in one statement: the attempts, the deliveries' new states (where
-/// the claim token still matches), the statistics of what finished, and the
-/// endpoints' health with auto-disable.
+#[derive(Debug, sqlx::FromRow)]
+struct ChangedRow {
+    endpoint_uid: i64,
+    state: String,
+}
+
+/// Records a batch in two statements: the attempts and the deliveries' new states
+/// (where the claim token still matches; `d.id = ANY($1)` keeps every plan on the
+/// primary key, where a generic plan would otherwise hash-join a scan of the whole
+/// table), which batches written in parallel do not contend on; then the statistics of what finished and the endpoints' health with
+/// auto-disable, short, on the endpoints' rows (in endpoint order, so parallel
+/// batches cannot deadlock on them).
 pub(super) async fn record_attempts(
     pool: &PgPool,
     records: &[AttemptRecord],
     now: Timestamp,
     disable_after: Duration,
-) -> Result<(), sqlx::Error> {
+) -> StoreResult<()> {
+    let changed = retrying(|| {
+        sqlx::query_as::<_, ChangedRow>(
+            "WITH x AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
+                          $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[]) \
+                        AS x(delivery_id, token, attempt_no, started_ms, latency_ms, status_code, error, error_class, \
+                             response_body, state, next_ms)), \
+             a AS (INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+                     error_class, response_body) \
+                   SELECT delivery_id, attempt_no, started_ms, latency_ms, status_code, error, error_class, response_body \
+                   FROM x WHERE attempt_no IS NOT NULL) \
+             UPDATE deliveries d SET state = x.state, next_attempt_ms = COALESCE(x.next_ms, d.next_attempt_ms), \
+               attempts = COALESCE(x.attempt_no, d.attempts), claim_token = NULL, last_status = x.status_code, \
+               last_error = x.error, updated_ms = $12 \
+             FROM x WHERE d.id = ANY($1::BIGINT[]) AND d.id = x.delivery_id AND d.claim_token = x.token \
+             RETURNING d.endpoint_uid, d.state",
+        )
+        .bind(records.iter().map(|r| r.delivery.0).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.token.0).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.attempt_no.map(i64::from)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.started.millis()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| i64::try_from(r.latency_ms).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.error_class.map(|c| c.as_str())).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.response_body.as_deref()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.outcome.state().as_str()).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.outcome.next_attempt().map(Timestamp::millis)).collect::<Vec<_>>())
+        .bind(now.millis())
+        .fetch_all(pool)
+    })
+    .await?;
+    // What finished, per endpoint (in endpoint order).
+    let mut finished: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+    for row in changed.iter().filter(|r| r.state != "pending") {
+        let counts = finished.entry(row.endpoint_uid).or_default();
+        if row.state == "delivered" {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
     let health = rules::health(records);
+    if finished.is_empty() && health.is_empty() {
+        return Ok(());
+    }
     let cutoff = now.millis() - i64::try_from(disable_after.as_millis()).unwrap_or(i64::MAX);
-    sqlx::query(
-        "WITH x AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
-                      $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[]) \
-                    AS x(delivery_id, token, attempt_no, started_ms, latency_ms, status_code, error, error_class, \
-                         response_body, state, next_ms)), \
-         a AS (INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
-                 error_class, response_body) \
-               SELECT delivery_id, attempt_no, started_ms, latency_ms, status_code, error, error_class, response_body \
-               FROM x WHERE attempt_no IS NOT NULL), \
-         u AS (UPDATE deliveries d SET state = x.state, next_attempt_ms = COALESCE(x.next_ms, d.next_attempt_ms), \
-                 attempts = COALESCE(x.attempt_no, d.attempts), claim_token = NULL, last_status = x.status_code, \
-                 last_error = x.error, updated_ms = $12 \
-               FROM x WHERE d.id = x.delivery_id AND d.claim_token = x.token \
-               RETURNING d.endpoint_uid, d.state), \
-         s AS (INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) \
-               SELECT endpoint_uid, $13, COUNT(*) FILTER (WHERE state = 'delivered'), \
-                      COUNT(*) FILTER (WHERE state = 'failed') \
-               FROM u WHERE state <> 'pending' GROUP BY endpoint_uid \
-               ON CONFLICT (endpoint_uid, bucket_ms) DO UPDATE SET \
-                 delivered = endpoint_stats.delivered + excluded.delivered, \
-                 failed = endpoint_stats.failed + excluded.failed), \
-         h AS (SELECT * FROM UNNEST($14::BIGINT[], $15::BOOL[], $16::BIGINT[]) AS h(uid, ok, failing_from)), \
-         e AS (UPDATE endpoints e SET \
-                 last_success_ms = CASE WHEN h.ok THEN $12 ELSE e.last_success_ms END, \
-                 last_failure_ms = CASE WHEN h.ok THEN e.last_failure_ms ELSE $12 END, \
-                 failing_since_ms = CASE WHEN h.ok THEN NULL ELSE COALESCE(e.failing_since_ms, h.failing_from) END, \
-                 enabled = e.enabled AND (h.ok OR COALESCE(e.failing_since_ms, h.failing_from) > $17), \
-                 disabled_ms = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $17 \
-                                    THEN $12 ELSE e.disabled_ms END, \
-                 disabled_reason = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $17 \
-                                        THEN $18 ELSE e.disabled_reason END \
-               FROM h WHERE e.uid = h.uid) \
-         SELECT COUNT(*) FROM u",
-    )
-    .bind(records.iter().map(|r| r.delivery.0).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.token.0).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.attempt_no.map(i64::from)).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.started.millis()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| i64::try_from(r.latency_ms).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.error_class.map(|c| c.as_str())).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.response_body.as_deref()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.outcome.state().as_str()).collect::<Vec<_>>())
-    .bind(records.iter().map(|r| r.outcome.next_attempt().map(Timestamp::millis)).collect::<Vec<_>>())
-    .bind(now.millis())
-    .bind(rules::stats_bucket(now))
-    .bind(health.iter().map(|h| h.endpoint.0).collect::<Vec<_>>())
-    .bind(health.iter().map(|h| h.succeeded).collect::<Vec<_>>())
-    .bind(health.iter().map(|h| h.failing_from.map(Timestamp::millis)).collect::<Vec<_>>())
-    .bind(cutoff)
-    .bind(rules::auto_disable_reason(disable_after))
-    .execute(pool)
+    retrying(|| {
+        sqlx::query(
+            "WITH s AS (INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) \
+                   SELECT uid, $1, d, f FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) AS s(uid, d, f) \
+                   ORDER BY uid \
+                   ON CONFLICT (endpoint_uid, bucket_ms) DO UPDATE SET \
+                     delivered = endpoint_stats.delivered + excluded.delivered, \
+                     failed = endpoint_stats.failed + excluded.failed), \
+             h AS (SELECT * FROM UNNEST($5::BIGINT[], $6::BOOL[], $7::BIGINT[]) AS h(uid, ok, failing_from)) \
+             UPDATE endpoints e SET \
+               last_success_ms = CASE WHEN h.ok THEN $8 ELSE e.last_success_ms END, \
+               last_failure_ms = CASE WHEN h.ok THEN e.last_failure_ms ELSE $8 END, \
+               failing_since_ms = CASE WHEN h.ok THEN NULL ELSE COALESCE(e.failing_since_ms, h.failing_from) END, \
+               enabled = e.enabled AND (h.ok OR COALESCE(e.failing_since_ms, h.failing_from) > $9), \
+               disabled_ms = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $9 \
+                                  THEN $8 ELSE e.disabled_ms END, \
+               disabled_reason = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $9 \
+                                      THEN $10 ELSE e.disabled_reason END \
+             FROM h WHERE e.uid = h.uid",
+        )
+        .bind(rules::stats_bucket(now))
+        .bind(finished.keys().copied().collect::<Vec<_>>())
+        .bind(finished.values().map(|c| c.0).collect::<Vec<_>>())
+        .bind(finished.values().map(|c| c.1).collect::<Vec<_>>())
+        .bind(health.iter().map(|h| h.endpoint.0).collect::<Vec<_>>())
+        .bind(health.iter().map(|h| h.succeeded).collect::<Vec<_>>())
+        .bind(health.iter().map(|h| h.failing_from.map(Timestamp::millis)).collect::<Vec<_>>())
+        .bind(now.millis())
+        .bind(cutoff)
+        .bind(rules::auto_disable_reason(disable_after))
+        .execute(pool)
+    })
     .await?;
     Ok(())
 }
