@@ -1,7 +1,8 @@
 //! Group commit of publishes.
 //!
-//! Policy: publish requests hand their validated events to committer tasks (a few per
-//! process, so one gathers a group while another commits), which store everything
+//! Policy: publish requests hand their validated events to committer tasks (as many
+//! per process as the store says are worth running at once: on SQLite a few, so one
+//! gathers a group while another commits), which store everything
 //! that is waiting in one store operation (one transaction, one fsync) and answer each
 //! request from its share of the result. A
 //! request is answered only after that commit, so a 202 still means durable; and the
@@ -21,8 +22,6 @@ use crate::store::{DynStore, NewEvent, PublishBatch, Published, StoreError};
 pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most events committed in one transaction.
 const MAX_GROUP: usize = 2000;
-/// Groups committing at once.
-const COMMITTERS: usize = 4;
 
 /// Why a publish was not stored.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +60,7 @@ impl Publisher {
     pub fn start(store: DynStore, intake: Option<Intake>) -> Self {
         let (jobs, rx) = mpsc::channel(4096);
         let rx: Jobs = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..COMMITTERS {
+        for _ in 0..store.write_concurrency().max(1) {
             tokio::spawn(commit_loop(store.clone(), intake.clone(), rx.clone()));
         }
         Self { jobs }

@@ -8,6 +8,7 @@
 //! full, or room freed up for a backlog. What is held here (waiting or in flight) is
 //! leased.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,18 @@ pub struct Dispatcher {
     /// room comes back.
     backlog: bool,
     next_poll: tokio::time::Instant,
+}
+
+/// Whether some endpoint had no room left for more in this claim.
+fn endpoint_room_ran_out(request: &ClaimRequest, claimed: &[Claimed]) -> bool {
+    if request.held.iter().any(|(_, n)| *n >= request.per_endpoint) {
+        return true;
+    }
+    let mut got: HashMap<EndpointUid, u32> = HashMap::new();
+    for c in claimed {
+        *got.entry(c.endpoint.uid).or_default() += 1;
+    }
+    got.into_iter().any(|(uid, n)| n >= request.room(uid))
 }
 
 impl Dispatcher {
@@ -105,18 +118,20 @@ impl Dispatcher {
             held: self.budget.snapshot().1,
             token: ClaimToken::generate(),
         };
+        // Room freed while the claim runs counts towards the next one.
+        self.lanes.shared.freed.store(0, Ordering::Relaxed);
         match self.engine.store.claim_due(&request).await {
             Ok(claimed) => {
-                self.lanes.shared.freed.store(0, Ordering::Relaxed);
                 self.maybe_due = claimed.len() == room;
                 for c in &claimed {
                     self.budget.take(c.endpoint.uid);
                 }
-                let n = self.lanes.add(claimed);
                 // Due work may be left behind where the claim ran out of room: in all,
-                // or for an endpoint that is full now.
-                self.backlog = self.maybe_due || self.budget.any_full();
-                n
+                // or for an endpoint that was full, or that got all the room it had.
+                // (Asking the budget afterwards would race with attempts finishing
+                // meanwhile, and leave a backlog to the poll timer.)
+                self.backlog = self.maybe_due || endpoint_room_ran_out(&request, &claimed);
+                self.lanes.add(claimed)
             }
             Err(e) => {
                 tracing::warn!(error = crate::error::chain(&e), "cannot claim deliveries");

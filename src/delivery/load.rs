@@ -55,14 +55,6 @@ impl Budget {
         )
     }
 
-    /// Whether some endpoint holds all the room it may.
-    pub fn any_full(&self) -> bool {
-        self.held()
-            .by_endpoint
-            .values()
-            .any(|n| *n >= self.per_endpoint)
-    }
-
     /// The room left, and what each endpoint holds.
     pub fn snapshot(&self) -> (usize, Vec<(EndpointUid, u32)>) {
         let held = self.held();

@@ -64,16 +64,14 @@ impl Recorder {
     }
 }
 
-/// Batches written at once: a store that can (PostgreSQL) writes them in parallel.
-const WRITERS: usize = 3;
-
 async fn run(
     store: DynStore,
     mut rx: mpsc::UnboundedReceiver<Outcome>,
     batch: usize,
     disable_after: Duration,
 ) {
-    let writers = Arc::new(Semaphore::new(WRITERS));
+    // Batches written at once: as many as the store says are worth it.
+    let writers = Arc::new(Semaphore::new(store.write_concurrency().max(1)));
     let mut writing = tokio::task::JoinSet::new();
     loop {
         let Ok(writer) = writers.clone().acquire_owned().await else {

@@ -261,6 +261,15 @@ pub trait Store: Queue + Admin + Log {
     /// Where the master key is kept when none is given: beside an embedded database.
     /// `None` for a shared database, whose nodes must all be given the same key.
     fn default_master_key_file(&self) -> Option<PathBuf>;
+
+    /// How many write operations (publish groups, outcome batches) are worth having in
+    /// flight at once. The embedded store commits whatever is waiting in one
+    /// transaction, so a few in flight let one group gather while another commits;
+    /// on PostgreSQL concurrent batches only contend for the same rows (measured:
+    /// one at a time is faster, docs/BENCHMARKS.md).
+    fn write_concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// How a process uses the store.

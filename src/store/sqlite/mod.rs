@@ -173,6 +173,10 @@ impl Store for SqliteStore {
     fn default_master_key_file(&self) -> Option<PathBuf> {
         Some(beside(&self.path, ".master-key"))
     }
+
+    fn write_concurrency(&self) -> usize {
+        4
+    }
 }
 
 #[async_trait]
