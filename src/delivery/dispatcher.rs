@@ -49,14 +49,18 @@ pub struct Dispatcher {
     next_poll: tokio::time::Instant,
 }
 
-/// Whether some endpoint had no room left for more in this claim.
-fn endpoint_room_ran_out(request: &ClaimRequest, claimed: &[Claimed]) -> bool {
+/// Whether some endpoint had no room left for more in this claim, which returned
+/// deliveries for the endpoints `claimed`.
+fn endpoint_room_ran_out(
+    request: &ClaimRequest,
+    claimed: impl Iterator<Item = EndpointUid>,
+) -> bool {
     if request.held.iter().any(|(_, n)| *n >= request.per_endpoint) {
         return true;
     }
     let mut got: HashMap<EndpointUid, u32> = HashMap::new();
-    for c in claimed {
-        *got.entry(c.endpoint.uid).or_default() += 1;
+    for uid in claimed {
+        *got.entry(uid).or_default() += 1;
     }
     got.into_iter().any(|(uid, n)| n >= request.room(uid))
 }
@@ -130,7 +134,8 @@ impl Dispatcher {
                 // or for an endpoint that was full, or that got all the room it had.
                 // (Asking the budget afterwards would race with attempts finishing
                 // meanwhile, and leave a backlog to the poll timer.)
-                self.backlog = self.maybe_due || endpoint_room_ran_out(&request, &claimed);
+                self.backlog = self.maybe_due
+                    || endpoint_room_ran_out(&request, claimed.iter().map(|c| c.endpoint.uid));
                 self.lanes.add(claimed)
             }
             Err(e) => {
@@ -269,5 +274,46 @@ impl Dispatcher {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(held: Vec<(EndpointUid, u32)>) -> ClaimRequest {
+        ClaimRequest {
+            now: Timestamp::from_millis(0),
+            lease_until: Timestamp::from_millis(1),
+            limit: 100,
+            per_endpoint: 4,
+            held,
+            token: ClaimToken(1),
+        }
+    }
+
+    #[test]
+    fn a_backlog_is_marked_where_an_endpoint_got_all_its_room() {
+        let (a, b) = (EndpointUid(1), EndpointUid(2));
+        // Less than the room of each: nothing was left behind for want of room.
+        assert!(!endpoint_room_ran_out(
+            &request(vec![]),
+            [a, a, b].into_iter()
+        ));
+        // All four `a` had room for.
+        assert!(endpoint_room_ran_out(
+            &request(vec![]),
+            [a, a, a, a, b].into_iter()
+        ));
+        // `a` held one already: three used up its room.
+        assert!(endpoint_room_ran_out(
+            &request(vec![(a, 1)]),
+            [a, a, a].into_iter()
+        ));
+        // An endpoint that was full was not asked for at all.
+        assert!(endpoint_room_ran_out(
+            &request(vec![(b, 4)]),
+            [a].into_iter()
+        ));
     }
 }
