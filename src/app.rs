@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::config::ServeConfig;
 use crate::crypto::MasterKey;
 use crate::delivery::Engine;
-use crate::http::ratelimit::RateLimiter;
+use crate::http::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::publisher::Publisher;
 use crate::store::DynStore;
 use crate::telemetry::Metrics;
@@ -18,6 +18,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub metrics: Arc<Metrics>,
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Failed authentications per client address.
+    pub failed_auth: Option<Arc<FailedAuthLimiter>>,
     /// The delivery engine (its HTTP client also sends test events).
     pub engine: Arc<Engine>,
     /// Commits publishes in groups.

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `migrate`, `keys create`, `openapi`.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{DatabaseArgs, LogFormat, ServeConfig};
@@ -99,8 +100,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             org,
         } => crate::listen::run(std::net::SocketAddr::new(host, port), &secret, org).await,
         Command::Openapi => {
-            println!("{}", crate::http::openapi_json());
-            Ok(())
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{}", crate::http::openapi_json()).and_then(|()| out.flush()) {
+                // `posthorn openapi | head`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.context("cannot write the document"),
+            }
         }
     }
 }

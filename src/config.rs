@@ -75,6 +75,11 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTHORN_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u32>,
 
+    /// Failed authentications per minute per client address before they answer 429
+    /// (0 turns this off). Valid keys are never slowed.
+    #[arg(long, env = "POSTHORN_FAILED_AUTH_LIMIT", default_value_t = 60)]
+    pub failed_auth_limit: u32,
+
     /// How long in-flight requests get to finish after SIGTERM, in seconds.
     #[arg(long, env = "POSTHORN_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -84,7 +89,38 @@ pub struct ServeConfig {
     pub workers: bool,
 
     #[command(flatten)]
+    pub connections: ConnectionConfig,
+
+    #[command(flatten)]
     pub delivery: DeliveryConfig,
+}
+
+/// How client connections are bounded (see `http/conn.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionConfig {
+    /// Connections served at once; one more is answered 503 and closed.
+    #[arg(long, env = "POSTHORN_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers, from the moment the
+    /// connection is ready for one (after it opens, or after the previous response:
+    /// this is also the keep-alive idle timeout).
+    #[arg(long, env = "POSTHORN_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a client may take to send a request's body (408 after it).
+    #[arg(long, env = "POSTHORN_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How events are delivered.
@@ -163,7 +199,64 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// Shortest lease margin accepted: an attempt that ends at its timeout still needs its
+/// outcome written before another node may take the delivery over.
+pub const MIN_LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Shortest bootstrap key accepted.
+pub const MIN_BOOTSTRAP_KEY_LEN: usize = 24;
+
 impl ServeConfig {
+    /// Refuses settings that make no sense, naming the variable (and flag) at fault.
+    /// Runs before anything is opened or created.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::ensure;
+        if let Some(key) = self.bootstrap_key.as_deref().filter(|k| !k.is_empty()) {
+            ensure!(
+                key.chars().count() >= MIN_BOOTSTRAP_KEY_LEN,
+                "POSTHORN_BOOTSTRAP_KEY (--bootstrap-key) must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
+            );
+        }
+        let d = &self.delivery;
+        ensure!(
+            !d.attempt_timeout.is_zero(),
+            "POSTHORN_ATTEMPT_TIMEOUT (--attempt-timeout) must be more than 0"
+        );
+        ensure!(
+            d.max_in_flight > 0,
+            "POSTHORN_MAX_IN_FLIGHT (--max-in-flight) must be at least 1"
+        );
+        ensure!(
+            (1..=d.max_in_flight).contains(&d.max_in_flight_per_endpoint),
+            "POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT (--max-in-flight-per-endpoint) must be between 1 and POSTHORN_MAX_IN_FLIGHT ({})",
+            d.max_in_flight
+        );
+        ensure!(
+            d.lease_margin >= MIN_LEASE_MARGIN,
+            "POSTHORN_LEASE_MARGIN (--lease-margin) must be at least {} (the time to record an attempt's outcome after its timeout)",
+            humantime::format_duration(MIN_LEASE_MARGIN)
+        );
+        ensure!(
+            !d.poll_interval.is_zero(),
+            "POSTHORN_POLL_INTERVAL (--poll-interval) must be more than 0"
+        );
+        crate::delivery::retry::RetryPolicy::parse(&d.retry_schedule, d.max_retry_after)?;
+        let c = &self.connections;
+        ensure!(
+            c.max_connections > 0,
+            "POSTHORN_MAX_CONNECTIONS (--max-connections) must be at least 1"
+        );
+        ensure!(
+            !c.header_timeout.is_zero(),
+            "POSTHORN_HEADER_TIMEOUT (--header-timeout) must be more than 0"
+        );
+        ensure!(
+            !c.body_timeout.is_zero(),
+            "POSTHORN_BODY_TIMEOUT (--body-timeout) must be more than 0"
+        );
+        Ok(())
+    }
+
     /// A configuration with every default, on `database_url`, listening on a free port.
     pub fn with_database(database_url: impl Into<String>) -> Self {
         Self {
@@ -177,8 +270,10 @@ impl ServeConfig {
             max_body_bytes: 1024 * 1024,
             rate_limit: 1000,
             rate_limit_burst: None,
+            failed_auth_limit: 60,
             shutdown_grace_secs: 30,
             workers: true,
+            connections: ConnectionConfig::default(),
             delivery: DeliveryConfig::default(),
         }
     }

@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
 use crate::delivery::{Dispatcher, Engine};
-use crate::http::ratelimit::RateLimiter;
+use crate::http::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::publisher::Publisher;
 use crate::store::{Access, DynStore};
 use crate::telemetry::Metrics;
@@ -28,6 +28,7 @@ pub struct Server {
     engine: Arc<Engine>,
     dispatcher: Option<Dispatcher>,
     grace: Duration,
+    connections: crate::config::ConnectionConfig,
 }
 
 /// Finds the master key and proves it is the one this database was sealed with. A key
@@ -60,6 +61,7 @@ async fn master_key(
 
 impl Server {
     pub async fn bind(config: ServeConfig) -> anyhow::Result<Self> {
+        config.validate()?;
         let given = match config.master_key.as_deref().filter(|k| !k.is_empty()) {
             Some(text) => Some(MasterKey::parse(text).context("POSTHORN_MASTER_KEY")?),
             None => None,
@@ -84,6 +86,7 @@ impl Server {
         let state = AppState {
             publisher: Publisher::start(store.clone(), intake),
             limiter: RateLimiter::new(config.rate_limit, config.rate_limit_burst).map(Arc::new),
+            failed_auth: FailedAuthLimiter::new(config.failed_auth_limit).map(Arc::new),
             store: store.clone(),
             master_key,
             config: Arc::new(config),
@@ -98,6 +101,7 @@ impl Server {
             .with_context(|| format!("cannot listen on {listen}"))?;
         crate::bootstrap::run(&state.store, &state.config).await?;
         let grace = Duration::from_secs(state.config.shutdown_grace_secs);
+        let connections = state.config.connections.clone();
         Ok(Self {
             listener,
             router: crate::http::router(state),
@@ -105,6 +109,7 @@ impl Server {
             engine,
             dispatcher,
             grace,
+            connections,
         })
     }
 
@@ -131,23 +136,15 @@ impl Server {
         let delivering = self
             .dispatcher
             .map(|d| self.engine.spawn(d, shutdown.clone(), self.grace));
-        let signal = shutdown.clone();
-        let serving = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { signal.cancelled().await });
-        let server = tokio::spawn(async move { serving.await });
-        shutdown.cancelled().await;
-        let served = match tokio::time::timeout(self.grace, server).await {
-            Ok(joined) => joined
-                .context("server task failed")?
-                .context("server failed"),
-            Err(_) => {
-                tracing::warn!(
-                    grace_secs = self.grace.as_secs(),
-                    "requests still in flight at the end of the grace period"
-                );
-                Ok(())
-            }
-        };
+        let served = tokio::spawn(crate::http::conn::serve(
+            self.listener,
+            self.router,
+            self.connections,
+            shutdown.clone(),
+            self.grace,
+        ))
+        .await
+        .context("server task failed");
         if let Some(delivering) = delivering {
             delivering.await.context("delivery engine failed")?;
         }

@@ -17,15 +17,22 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Parses `5s,5m,30m` (units ms, s, m, h). An empty string means no retries.
     pub fn parse(text: &str, max_retry_after: Duration) -> anyhow::Result<Self> {
-        let schedule = text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                humantime::parse_duration(s)
-                    .map_err(|e| anyhow::anyhow!("POSTHORN_RETRY_SCHEDULE: {s:?}: {e}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // An empty schedule means no retries; an empty entry within one is a typo.
+        let schedule = match text.trim() {
+            "" => Vec::new(),
+            text => text
+                .split(',')
+                .map(str::trim)
+                .map(|s| match s {
+                    "" => anyhow::bail!(
+                        "POSTHORN_RETRY_SCHEDULE (--retry-schedule): an empty entry in {text:?}"
+                    ),
+                    s => humantime::parse_duration(s).map_err(|e| {
+                        anyhow::anyhow!("POSTHORN_RETRY_SCHEDULE (--retry-schedule): {s:?}: {e}")
+                    }),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
         Ok(Self {
             schedule,
             max_retry_after,
@@ -111,6 +118,19 @@ mod tests {
     #[test]
     fn bad_schedules_are_refused() {
         assert!(RetryPolicy::parse("5x", Duration::ZERO).is_err());
-        assert!(RetryPolicy::parse("1s,,2s", Duration::ZERO).is_ok());
+        assert!(RetryPolicy::parse("1s,,2s", Duration::ZERO).is_err());
+        assert!(RetryPolicy::parse("1s,", Duration::ZERO).is_err());
+        assert_eq!(
+            RetryPolicy::parse(" 1s , 2s ", Duration::ZERO)
+                .expect("a good schedule")
+                .max_attempts(),
+            3
+        );
+        assert_eq!(
+            RetryPolicy::parse("", Duration::ZERO)
+                .expect("a good schedule")
+                .max_attempts(),
+            1
+        );
     }
 }

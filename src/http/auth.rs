@@ -1,8 +1,10 @@
 //! Authentication, authorization and per-key rate limiting, as one extractor.
 //!
-//! Policy: `Authorization: Basic <key>` (the raw key, as Fullstory does) or
+//! Policy: `Authorization: Basic <key>` (the raw key, as Fullstory does), standard
+//! Basic with the key as the user and no password (`curl -u KEY:`), or
 //! `Bearer <key>`. The key is hashed and looked up on every request, so a revoked key
-//! answers 401 at once. Roles are checked by the handler's extractor type, so a
+//! answers 401 at once. Failed authentications are counted per client address
+//! (`ratelimit::FailedAuthLimiter`): past the limit they answer 429. Roles are checked by the handler's extractor type, so a
 //! handler's signature says who may call it.
 
 use std::marker::PhantomData;
@@ -61,22 +63,56 @@ fn presented_key(parts: &Parts) -> Option<ApiKey> {
     let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, raw) = header.split_once(' ')?;
     let raw = raw.trim();
-    let known = scheme.eq_ignore_ascii_case("basic") || scheme.eq_ignore_ascii_case("bearer");
-    (known && !raw.is_empty()).then(|| ApiKey::from_raw(raw))
+    if raw.is_empty() {
+        return None;
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(ApiKey::from_raw(raw));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    Some(ApiKey::from_raw(
+        standard_basic_user(raw).unwrap_or_else(|| raw.to_owned()),
+    ))
+}
+
+/// The key in a standard Basic credential, `base64(key + ":")` (what `curl -u KEY:`
+/// sends): the user part, when the value decodes to text whose password is empty. The
+/// raw key itself (Fullstory's form) never has that shape.
+fn standard_basic_user(raw: &str) -> Option<String> {
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
+    let mut text = String::from_utf8(decoded).ok()?;
+    if text.pop() != Some(':') || text.is_empty() || text.contains(':') {
+        return None;
+    }
+    Some(text)
 }
 
 impl<P: Policy> FromRequestParts<AppState> for Authorized<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let key = presented_key(parts).ok_or(ApiError::Unauthorized)?;
-        let hash = key.hash();
-        let record = state
-            .store
-            .find_api_key(&hash)
-            .await?
-            .filter(|r| r.revoked.is_none() && r.hash.ct_eq(&hash))
-            .ok_or(ApiError::Unauthorized)?;
+        let record = match presented_key(parts) {
+            Some(key) => {
+                let hash = key.hash();
+                state
+                    .store
+                    .find_api_key(&hash)
+                    .await?
+                    .filter(|r| r.revoked.is_none() && r.hash.ct_eq(&hash))
+            }
+            None => None,
+        };
+        let Some(record) = record else {
+            return Err(
+                match (&state.failed_auth, super::conn::client_addr(parts)) {
+                    (Some(limiter), Some(addr)) => limiter.failed(addr.ip()),
+                    _ => ApiError::Unauthorized,
+                },
+            );
+        };
         if let Some(limiter) = &state.limiter {
             limiter.check(&state.store, &record.id).await?;
         }

@@ -82,6 +82,8 @@ pub struct CreateEndpointBody {
     pub url: Option<String>,
     pub event_types: Option<Vec<EventTypeInput>>,
     pub secret: Option<String>,
+    /// `true`: the endpoint is created disabled (it receives nothing until enabled).
+    pub disabled: Option<bool>,
 }
 
 /// Update body: an absent or empty field is left as it is; the endpoint is enabled
@@ -145,6 +147,7 @@ pub async fn create_endpoint(
             url: url.as_str().to_owned(),
             event_types,
             sealed_secret: state.master_key.seal_secret(org, &secret),
+            enabled: body.disabled != Some(true),
             now: Timestamp::now(),
         })
         .await?;

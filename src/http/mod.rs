@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod conn;
 pub mod deliveries;
 pub mod endpoint_ops;
 pub mod endpoints;
@@ -90,6 +91,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(Extension(doc))
+        .layer(Extension(conn::BodyTimeout(
+            state.config.connections.body_timeout,
+        )))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| -> Response {
             ApiError::Internal(anyhow::anyhow!("request handler panicked")).into_response()

@@ -54,3 +54,53 @@ impl RateLimiter {
             })
     }
 }
+
+/// Failed authentication per client address.
+///
+/// Policy: `POSTHORN_FAILED_AUTH_LIMIT` failed authentications (no key, an unknown or a
+/// revoked one) per minute per client address, with as many at once; beyond them the
+/// failure is answered 429 instead of 401 until the address has earned a try back. A
+/// valid key is never counted nor slowed, from any address. IPv6 clients are counted
+/// per /64 (what one host usually holds). Counted per process, on the connecting
+/// address: behind a reverse proxy that is the proxy's.
+pub struct FailedAuthLimiter {
+    local: DefaultKeyedRateLimiter<std::net::IpAddr>,
+}
+
+/// Addresses remembered before forgotten ones (whose allowance is whole again) are
+/// dropped.
+const FAILED_AUTH_ADDRESSES: usize = 10_000;
+
+impl FailedAuthLimiter {
+    /// `None` when `per_minute` is 0 (no limit).
+    pub fn new(per_minute: u32) -> Option<Self> {
+        let per_minute = NonZeroU32::new(per_minute)?;
+        Some(Self {
+            local: governor::RateLimiter::keyed(Quota::per_minute(per_minute)),
+        })
+    }
+
+    /// Counts one failed authentication from `addr`: the error to answer with.
+    pub fn failed(&self, addr: std::net::IpAddr) -> ApiError {
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                std::net::IpAddr::from(octets)
+            }
+            v4 => v4,
+        };
+        if self.local.len() >= FAILED_AUTH_ADDRESSES {
+            self.local.retain_recent();
+        }
+        match self.local.check_key(&addr) {
+            Ok(()) => ApiError::Unauthorized,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                ApiError::TooManyRequests {
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                }
+            }
+        }
+    }
+}

@@ -92,6 +92,8 @@ pub struct NewEndpoint {
     pub url: String,
     pub event_types: Vec<EventTypeRef>,
     pub sealed_secret: Vec<u8>,
+    /// False: created disabled (by hand, so with no reason).
+    pub enabled: bool,
     pub now: Timestamp,
 }
 

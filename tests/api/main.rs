@@ -8,6 +8,7 @@
 mod auth;
 mod catalog;
 mod cli;
+mod connections;
 mod delivery;
 mod endpoints;
 mod engine;

@@ -103,13 +103,14 @@ async fn fetch_live(
 pub(super) async fn create(pool: &PgPool, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     sqlx::query(
-        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms) \
-         VALUES ($1, $2, TRUE, $3, $4, $4)",
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms) \
+         VALUES ($1, $2, $5, $3, $4, $4, CASE WHEN $5 THEN NULL ELSE $4 END)",
     )
     .bind(new.org_id.as_str())
     .bind(&new.url)
     .bind(&new.sealed_secret)
     .bind(new.now.millis())
+    .bind(new.enabled)
     .execute(&mut *tx)
     .await
     .map_err(unique_or(&new.url))?;

@@ -96,15 +96,16 @@ fn fetch_live(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<Endpoint
 
 pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
     tx.prepare_cached(
-        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms) \
-         VALUES (?1, ?2, 1, ?3, ?4, ?4)",
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms) \
+         VALUES (?1, ?2, ?5, ?3, ?4, ?4, CASE WHEN ?5 THEN NULL ELSE ?4 END)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
             new.org_id.as_str(),
             new.url,
             new.sealed_secret,
-            new.now.millis()
+            new.now.millis(),
+            new.enabled
         ])
     })
     .map_err(unique_or(&new.url))?;

@@ -148,3 +148,73 @@ async fn rate_limit_is_per_key_with_retry_after() {
     let resp = app.get("/webhooks/v1/event-types").await;
     assert_eq!(resp.status, 200, "{}", resp.text);
 }
+
+#[tokio::test]
+async fn repeated_failed_authentication_from_one_address_is_throttled_but_valid_keys_are_not() {
+    let app = spawn_app_with(|c| c.failed_auth_limit = 5).await;
+    for i in 0..5 {
+        let resp = app
+            .call(
+                Method::GET,
+                "/webhooks/v1/endpoints",
+                Some("wrong-key-0123456789abcd"),
+                None,
+            )
+            .await;
+        assert_unauthorized(&resp, &format!("failure {i}"));
+    }
+    let throttled = app
+        .call(
+            Method::GET,
+            "/webhooks/v1/endpoints",
+            Some("wrong-key-0123456789abcd"),
+            None,
+        )
+        .await;
+    throttled.assert_error(429, "too_many_requests");
+    let wait: u64 = throttled
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    // No key at all counts as a failure too.
+    let resp = app
+        .call(Method::GET, "/webhooks/v1/endpoints", None, None)
+        .await;
+    resp.assert_error(429, "too_many_requests");
+    // A valid key from the same address is served as ever.
+    for _ in 0..10 {
+        let resp = app.get("/webhooks/v1/endpoints").await;
+        assert_eq!(resp.status, 200, "{}", resp.text);
+    }
+}
+
+#[tokio::test]
+async fn standard_basic_with_the_key_as_user_authenticates() {
+    use base64::Engine;
+    let app = spawn_app().await;
+    let standard = base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_KEY}:"));
+    let resp = app
+        .client
+        .get(format!("{}/webhooks/v1/endpoints", app.base))
+        .header("Authorization", format!("Basic {standard}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    // What reqwest's basic_auth sends is the same thing.
+    let resp = app
+        .client
+        .get(format!("{}/webhooks/v1/endpoints", app.base))
+        .basic_auth(ADMIN_KEY, Some(""))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    // A password is not part of the scheme: refused.
+    let wrong = base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_KEY}:x"));
+    let resp = app
+        .call(Method::GET, "/webhooks/v1/endpoints", Some(&wrong), None)
+        .await;
+    assert_unauthorized(&resp, "user:password");
+}

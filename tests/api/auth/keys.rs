@@ -179,3 +179,57 @@ async fn creating_a_key_validates_the_role() {
     }
     assert_eq!(list_keys(&app, ADMIN_KEY).await.len(), before);
 }
+
+#[tokio::test]
+async fn a_revoked_bootstrap_key_stays_revoked_across_restarts() {
+    use crate::helpers::{Node, TestDb, NODE_KEY};
+    let db = TestDb::new().await;
+    let mut node = Node::start(&db.url, &[]).await;
+    let other = node
+        .post("/webhooks/v1/keys", &json!({"role": "admin"}))
+        .await;
+    assert_eq!(other.status, 200, "{}", other.text);
+    let other_key = other.body["key"].as_str().expect("key").to_owned();
+    let other_id = other.body["id"].as_str().expect("id").to_owned();
+    let keys = node
+        .call(Method::GET, "/webhooks/v1/keys", None, None)
+        .await;
+    let boot_id = keys.body["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| k["id"].as_str().expect("id").to_owned())
+        .find(|id| *id != other_id)
+        .expect("the bootstrap key is listed");
+    let revoked = node
+        .call(
+            Method::DELETE,
+            &format!("/webhooks/v1/keys/{boot_id}"),
+            Some(&other_key),
+            None,
+        )
+        .await;
+    assert!(revoked.status < 300, "{}", revoked.text);
+    let port = node.port;
+    assert!(node.terminate().await.success());
+    // The same POSTHORN_BOOTSTRAP_KEY again.
+    let node = Node::start_on(&db.url, port, &[]).await;
+    let refused = node
+        .call(Method::GET, "/webhooks/v1/endpoints", Some(NODE_KEY), None)
+        .await;
+    assert_unauthorized(&refused, "the revoked bootstrap key");
+    let ok = node
+        .call(
+            Method::GET,
+            "/webhooks/v1/endpoints",
+            Some(&other_key),
+            None,
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert!(
+        node.log().contains("revoked; it stays revoked"),
+        "the refusal is not in the log:\n{}",
+        node.log()
+    );
+}

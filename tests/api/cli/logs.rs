@@ -10,7 +10,7 @@ use super::Serve;
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_without_keys() {
-    const BOOT: &str = "json-log-key-0123456789";
+    const BOOT: &str = "json-log-key-0123456789abc";
     let db = TestDb::new().await;
     let server = Serve::start(
         &db,
@@ -123,12 +123,16 @@ async fn text_logs_to_a_pipe_have_no_terminal_escapes() {
     // `2>log`) they must not carry ANSI colour codes, which also break grep on
     // `key=value` fields.
     let db = TestDb::new().await;
-    let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_KEY", "ansi-key-0123")]).await;
+    let server = Serve::start(
+        &db,
+        &[("POSTHORN_BOOTSTRAP_KEY", "ansi-key-0123456789abcdef")],
+    )
+    .await;
     server
         .call(
             Method::GET,
             "/webhooks/v1/endpoints",
-            Some("ansi-key-0123"),
+            Some("ansi-key-0123456789abcdef"),
             None,
         )
         .await;

@@ -31,12 +31,16 @@ async fn serve_on_a_busy_port_fails_cleanly() {
 #[tokio::test]
 async fn sigterm_stops_serve_promptly_with_exit_0() {
     let db = TestDb::new().await;
-    let server = Serve::start(&db, &[("POSTHORN_BOOTSTRAP_KEY", "sigterm-key-0123")]).await;
+    let server = Serve::start(
+        &db,
+        &[("POSTHORN_BOOTSTRAP_KEY", "sigterm-key-0123456789abc")],
+    )
+    .await;
     let (status, _) = server
         .call(
             Method::GET,
             "/webhooks/v1/endpoints",
-            Some("sigterm-key-0123"),
+            Some("sigterm-key-0123456789abc"),
             None,
         )
         .await;
@@ -68,7 +72,7 @@ async fn every_serve_option_is_also_a_flag() {
         "--database",
         &db.url,
         "--bootstrap-key",
-        "flag-key-0123456789",
+        "flag-key-0123456789abcdef",
         "--bootstrap-org",
         "o-flag",
     ]);
@@ -80,7 +84,7 @@ async fn every_serve_option_is_also_a_flag() {
         .call(
             Method::GET,
             "/webhooks/v1/keys",
-            Some("flag-key-0123456789"),
+            Some("flag-key-0123456789abcdef"),
             None,
         )
         .await;
@@ -102,7 +106,7 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
         &db,
         &[
             ("POSTHORN_MASTER_KEY", &first),
-            ("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123"),
+            ("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123456789"),
         ],
     )
     .await;
@@ -110,7 +114,7 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
         .call(
             Method::POST,
             "/webhooks/v1/endpoints",
-            Some("master-key-test-0123"),
+            Some("master-key-test-0123456789"),
             Some(
                 &json!({"url": "https://example.com/sealed", "secret": "sealed-secret-0123456789"}),
             ),
@@ -132,7 +136,7 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
         .envs(db.env())
         .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("POSTHORN_MASTER_KEY", &second)
-        .env("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123");
+        .env("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123456789");
     let out = run_to_end(cmd).await;
     assert_clean_failure(&out, "master key");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -143,11 +147,14 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
         &db,
         &[
             ("POSTHORN_MASTER_KEY", &first),
-            ("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123"),
+            ("POSTHORN_BOOTSTRAP_KEY", "master-key-test-0123456789"),
         ],
     )
     .await;
-    assert_eq!(endpoint_count(&server, "master-key-test-0123").await, 1);
+    assert_eq!(
+        endpoint_count(&server, "master-key-test-0123456789").await,
+        1
+    );
     let (status, _, _) = server.terminate().await;
     assert!(status.success());
 }
@@ -155,6 +162,37 @@ async fn a_given_master_key_is_used_and_a_wrong_one_is_refused_cleanly() {
 /// The embedded store, whatever store the suite runs on.
 mod on_sqlite {
     use super::*;
+
+    #[tokio::test]
+    async fn settings_that_make_no_sense_are_refused_before_anything_is_created() {
+        let cases = [
+            ("POSTHORN_BOOTSTRAP_KEY", "short-key-0123456789"),
+            ("POSTHORN_ATTEMPT_TIMEOUT", "0s"),
+            ("POSTHORN_RETRY_SCHEDULE", "1s,,3s"),
+            ("POSTHORN_RETRY_SCHEDULE", "1s,soon"),
+            ("POSTHORN_MAX_IN_FLIGHT", "0"),
+            ("POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT", "500"),
+            ("POSTHORN_LEASE_MARGIN", "10ms"),
+            ("POSTHORN_MAX_CONNECTIONS", "0"),
+            ("POSTHORN_HEADER_TIMEOUT", "0s"),
+            ("POSTHORN_MASTER_KEY", "not-a-key"),
+        ];
+        for (var, value) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut cmd = posthorn(dir.path());
+            cmd.arg("serve")
+                .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()))
+                .env(var, value);
+            let out = run_to_end(cmd).await;
+            assert_clean_failure(&out, var);
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("read dir")
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(left.is_empty(), "{var}={value} left files: {left:?}");
+        }
+    }
 
     #[tokio::test]
     async fn serve_with_an_unusable_database_fails_cleanly() {
@@ -177,17 +215,31 @@ mod on_sqlite {
         let mut cmd = posthorn(dir.path());
         cmd.arg("serve")
             .env("POSTHORN_LISTEN", format!("127.0.0.1:{port}"))
-            .env("POSTHORN_BOOTSTRAP_KEY", "default-db-key-0123");
+            .env("POSTHORN_BOOTSTRAP_KEY", "default-db-key-0123456789");
         let server = Serve::spawn(cmd, port).await;
         let (status, _) = server
             .call(
                 Method::GET,
                 "/webhooks/v1/endpoints",
-                Some("default-db-key-0123"),
+                Some("default-db-key-0123456789"),
                 None,
             )
             .await;
         assert_eq!(status, 200);
+        // Event payloads and key hashes: readable by the owner alone, like the key file.
+        use std::os::unix::fs::PermissionsExt;
+        for name in [
+            "posthorn.db",
+            "posthorn.db-wal",
+            "posthorn.db-shm",
+            "posthorn.db.master-key",
+        ] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} is mode {:o}", mode & 0o777);
+        }
         let (status, _, _) = server.terminate().await;
         assert!(status.success());
         assert!(dir.path().join("posthorn.db").exists(), "no ./posthorn.db");
@@ -263,4 +315,23 @@ mod on_postgres {
             lines.join("\n")
         );
     }
+}
+
+#[tokio::test]
+async fn openapi_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = posthorn(dir.path());
+    cmd.arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    // The reader goes away before anything is written (`posthorn openapi | head -0`).
+    drop(child.stdout.take());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("ends")
+        .expect("waited");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
 }

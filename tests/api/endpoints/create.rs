@@ -205,3 +205,33 @@ async fn empty_list_answers_empty_object() {
     assert_eq!(list.status, 200, "{}", list.text);
     assert_eq!(list.body, json!({}), "{}", list.text);
 }
+
+#[tokio::test]
+async fn create_with_disabled_true_makes_a_disabled_endpoint() {
+    let app = spawn_app().await;
+    let body = create(
+        &app,
+        json!({"url": "https://example.com/off", "disabled": true}),
+    )
+    .await;
+    assert_eq!(body["enabled"], false, "{body}");
+    let path = path_of(&id_of(&body));
+    let got = app.get(&path).await;
+    assert_eq!(got.body["enabled"], false, "{}", got.text);
+    // Nothing is queued for it.
+    let published = app
+        .post(
+            "/webhooks/v1/events",
+            &json!({"eventName": "note.created", "data": {}}),
+        )
+        .await;
+    assert_eq!(published.status, 202, "{}", published.text);
+    assert_eq!(app.sql_i64("SELECT COUNT(*) FROM deliveries").await, 0);
+    // And `false` (or no field) is an enabled one.
+    let on = create(
+        &app,
+        json!({"url": "https://example.com/on", "disabled": false}),
+    )
+    .await;
+    assert_eq!(on["enabled"], true, "{on}");
+}

@@ -130,6 +130,7 @@ async fn endpoints_keep_their_subscriptions_and_uid_across_a_url_change() {
         url: "https://example.com/a".into(),
         event_types: subs.clone(),
         sealed_secret: vec![9],
+        enabled: true,
         now: Timestamp::now(),
     };
     let created = s.create_endpoint(&new).await.expect("create");

@@ -1,0 +1,180 @@
+//! Serving connections: the accept loop, with the limits a hostile or broken client
+//! meets before any handler runs.
+//!
+//! - At most `max_connections` connections are served at once; one more is answered
+//!   `503` with `Retry-After` and closed, so the listener never stops accepting.
+//! - A request's headers must arrive within `header_timeout`, counted from the moment
+//!   the connection is ready for a request: right after it opens, and after each
+//!   response (so it is the keep-alive idle timeout too). A client that sends nothing,
+//!   or its headers a line at a time, is dropped then.
+//! - A request's body must arrive within `body_timeout` (`JsonBody` answers `408`).
+//! - Each connection reads into a buffer of at most `READ_BUFFER` bytes, which also
+//!   bounds the request line and headers (beyond it: `431`).
+//! - On shutdown, connections with no request in progress are closed at once; those in
+//!   the middle of one get the grace period.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::config::ConnectionConfig;
+
+/// Largest read buffer of one connection (and so of a request's line and headers).
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How long a request's body may take to arrive, for the extractors that read it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Serves `router` on `listener` until `shutdown`, then gives requests in progress
+/// `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionConfig,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(max));
+    // HTTP/1.1 only (TLS and HTTP/2 are a reverse proxy's job): a protocol sniff would
+    // wait for the client's first bytes outside the header timeout.
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(READ_BUFFER);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait a little rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            router: router.clone(),
+            remote,
+            busy: Arc::new(AtomicUsize::new(0)),
+        };
+        let (builder, stop) = (builder.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            conn.serve(&builder, stream, stop, grace).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Every connection holds a slot until it is gone.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "requests still in flight at the end of the grace period"
+        );
+    }
+}
+
+/// One client connection.
+struct Connection {
+    router: Router,
+    remote: SocketAddr,
+    /// Requests whose headers have arrived and whose answer is not made yet.
+    busy: Arc<AtomicUsize>,
+}
+
+impl Connection {
+    async fn serve(
+        self,
+        builder: &http1::Builder,
+        stream: TcpStream,
+        stop: CancellationToken,
+        grace: Duration,
+    ) {
+        let Self {
+            router,
+            remote,
+            busy,
+        } = self;
+        let counting = busy.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(remote));
+            let (router, busy) = (router.clone(), counting.clone());
+            busy.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let answer = router.oneshot(req).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                answer
+            }
+        });
+        let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::select! {
+            ended = conn.as_mut() => {
+                // Errors here are the client's (reset, timed out, malformed).
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled() => {}
+        }
+        // Shutting down: a connection with no request in progress (idle, or its headers
+        // still arriving) is closed now; one in the middle of a request gets the grace
+        // period to answer it.
+        if busy.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(grace, conn).await;
+    }
+}
+
+/// Answers a connection over the limit and closes it, within a second.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str =
+        r#"{"message":"too many connections; try again shortly","code":"unavailable"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// The client's address, for handlers that need it (the failed-authentication
+/// throttle). `None` where a request did not come through [`serve`] (tests that call
+/// the router directly).
+pub fn client_addr(parts: &axum::http::request::Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}

@@ -1,0 +1,173 @@
+//! Slow and idle clients over real sockets: header, idle and body timeouts, the bound
+//! on connections, and a shutdown that does not wait for clients that never finished
+//! a request.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{spawn_app_with, Node, TestApp, TestDb, ADMIN_KEY};
+
+fn addr(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection (or `within` passes: then panics);
+/// returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+async fn short_timeouts() -> TestApp {
+    spawn_app_with(|c| {
+        c.connections.header_timeout = Duration::from_millis(300);
+        c.connections.body_timeout = Duration::from_millis(300);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_dropped() {
+    let app = short_timeouts().await;
+    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    read_until_closed(&mut s, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn headers_sent_a_line_at_a_time_are_cut_off() {
+    let app = short_timeouts().await;
+    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut closed = false;
+    // A header line every 100 ms for up to 5 s: each alone is quick, the whole is not.
+    for i in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(format!("x-drip-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "still open after {:?} of dripping",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let app = short_timeouts().await;
+    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408() {
+    let app = short_timeouts().await;
+    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    let head = format!(
+        "POST /webhooks/v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Basic {ADMIN_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"eventName\""
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    let events = app.sql_i64("SELECT COUNT(*) FROM events").await;
+    assert_eq!(events, 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn a_connection_over_the_limit_is_answered_503_and_the_slot_comes_back() {
+    let app = spawn_app_with(|c| c.connections.max_connections = 2).await;
+    let a = TcpStream::connect(addr(&app)).await.expect("connect");
+    let _b = TcpStream::connect(addr(&app)).await.expect("connect");
+    // Both are accepted (and hold their slots) before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = TcpStream::connect(addr(&app)).await.expect("connect");
+    let answer = read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+    drop(a);
+    // The slot is free once the server has seen the close.
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut d = TcpStream::connect(addr(&app)).await.expect("connect");
+        d.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        if read_until_closed(&mut d, Duration::from_secs(5))
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "a closed connection's slot never came back");
+}
+
+#[tokio::test]
+async fn sigterm_does_not_wait_for_clients_that_never_sent_a_whole_request() {
+    let db = TestDb::new().await;
+    let mut node = Node::start(
+        &db.url,
+        &[
+            ("POSTHORN_SHUTDOWN_GRACE_SECS", "30"),
+            ("POSTHORN_HEADER_TIMEOUT", "60s"),
+        ],
+    )
+    .await;
+    let addr = node.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        if i % 2 == 0 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nx-half: ")
+                .await
+                .expect("write");
+        }
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let status = node.terminate().await;
+    assert!(status.success(), "{status}: {}", node.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: the 30 s grace was waited out",
+        started.elapsed()
+    );
+}
