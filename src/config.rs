@@ -176,7 +176,8 @@ pub struct DeliveryConfig {
     #[arg(long, env = "POSTHORN_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
 
-    /// Largest `data` of one published event, in bytes (compact JSON).
+    /// Largest event sent, in bytes: the envelope (`eventName`, `version`, `data`, ...)
+    /// as compact JSON. The request body's own limit is --max-body-bytes.
     #[arg(long, env = "POSTHORN_MAX_PAYLOAD_BYTES", default_value_t = 256 * 1024)]
     pub max_payload_bytes: usize,
 }

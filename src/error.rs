@@ -44,6 +44,9 @@ pub enum ApiError {
     /// 413: the body is over the configured limit.
     #[error("request body is larger than the configured limit")]
     PayloadTooLarge,
+    /// 413: one event's envelope is over the configured limit; the message names it.
+    #[error("{0}")]
+    EventTooLarge(String),
     /// 415: the body is not declared as JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -83,7 +86,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::AlreadyExists(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge | Self::EventTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -102,7 +105,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::AlreadyExists(_) => "already_exists",
-            Self::PayloadTooLarge => "payload_too_large",
+            Self::PayloadTooLarge | Self::EventTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable(_) => "unavailable",

@@ -147,8 +147,13 @@ async fn validate(
         ));
     }
     let body = envelope(&name, &data).map_err(|e| ApiError::Internal(e.into()))?;
-    if body.len() > state.config.delivery.max_payload_bytes {
-        return Err(ApiError::PayloadTooLarge);
+    let limit = state.config.delivery.max_payload_bytes;
+    if body.len() > limit {
+        return Err(ApiError::EventTooLarge(format!(
+            "{} makes an event of {} bytes (compact JSON, with its envelope); the limit is {limit} (POSTHORN_MAX_PAYLOAD_BYTES)",
+            field("data"),
+            body.len()
+        )));
     }
     Ok(NewEvent {
         id: EventId::generate(Timestamp::now()),

@@ -396,12 +396,19 @@ async fn publish_input_is_validated() {
             .assert_error(status, code);
     }
     let big = "x".repeat(300 * 1024);
-    app.post(
-        "/webhooks/v1/events",
-        &json!({"eventName": "note.created", "data": {"big": big}}),
-    )
-    .await
-    .assert_error(413, "payload_too_large");
+    let resp = app
+        .post(
+            "/webhooks/v1/events",
+            &json!({"eventName": "note.created", "data": {"big": big}}),
+        )
+        .await;
+    resp.assert_error(413, "payload_too_large");
+    // It names the event's data and the setting, not the request body.
+    let message = resp.body["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("data ") && message.contains("POSTHORN_MAX_PAYLOAD_BYTES"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -152,25 +152,18 @@ async fn rate_limit_is_per_key_with_retry_after() {
 #[tokio::test]
 async fn repeated_failed_authentication_from_one_address_is_throttled_but_valid_keys_are_not() {
     let app = spawn_app_with(|c| c.failed_auth_limit = 5).await;
-    for i in 0..5 {
-        let resp = app
-            .call(
-                Method::GET,
-                "/webhooks/v1/endpoints",
-                Some("wrong-key-0123456789abcd"),
-                None,
-            )
-            .await;
-        assert_unauthorized(&resp, &format!("failure {i}"));
-    }
-    let throttled = app
-        .call(
+    let wrong = || {
+        app.call(
             Method::GET,
             "/webhooks/v1/endpoints",
             Some("wrong-key-0123456789abcd"),
             None,
         )
-        .await;
+    };
+    for i in 0..5 {
+        assert_unauthorized(&wrong().await, &format!("failure {i}"));
+    }
+    let throttled = wrong().await;
     throttled.assert_error(429, "too_many_requests");
     let wait: u64 = throttled
         .header("retry-after")
