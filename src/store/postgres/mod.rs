@@ -18,6 +18,7 @@ mod admin;
 mod endpoints;
 mod listen;
 mod log;
+mod publish;
 mod queue;
 
 use std::path::PathBuf;
@@ -173,7 +174,7 @@ impl Store for PgStore {
 #[async_trait]
 impl Queue for PgStore {
     async fn publish(&self, batch: PublishBatch) -> StoreResult<PublishResult> {
-        queue::publish(&self.pool, batch).await
+        publish::publish(&self.pool, batch).await
     }
 
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
