@@ -119,6 +119,12 @@ impl PgStore {
             .parse::<PgConnectOptions>()
             .context("invalid PostgreSQL URL")?
             .options([("jit", "off")]);
+        // One connection first, for its own error: the pool retries until its acquire
+        // timeout and then says only that it timed out.
+        let probe = sqlx::ConnectOptions::connect(&options)
+            .await
+            .map_err(describe_connect_error)?;
+        let _ = sqlx::Connection::close(probe).await;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(2))
             .acquire_timeout(Duration::from_secs(3))

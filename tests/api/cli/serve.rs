@@ -276,7 +276,11 @@ mod on_postgres {
         let cluster = crate::helpers::PgCluster::shared();
         let nobody = format!("postgres://postgres@127.0.0.1:{}/posthorn", free_port());
         let missing = cluster.url("no_such_database");
-        for url in [nobody.as_str(), missing.as_str()] {
+        // Each says what happened, not that a pool timed out.
+        for (url, says) in [
+            (nobody.as_str(), "connection refused"),
+            (missing.as_str(), "does not exist"),
+        ] {
             let mut cmd = posthorn(db.dir.path());
             cmd.arg("serve")
                 .envs(db.env())
@@ -284,6 +288,7 @@ mod on_postgres {
                 .env("POSTHORN_LISTEN", format!("127.0.0.1:{}", free_port()));
             let out = run_to_end(cmd).await;
             assert_clean_failure(&out, "PostgreSQL");
+            assert_clean_failure(&out, says);
         }
     }
 
