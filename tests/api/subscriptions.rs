@@ -454,3 +454,36 @@ async fn other_spellings_of_non_public_addresses_are_refused() {
     }
     assert_eq!(endpoint_count(&app).await, 0);
 }
+
+#[tokio::test]
+async fn ranges_iana_does_not_mark_globally_reachable_are_refused_on_save_and_for_test_events() {
+    let app = guarded_app().await;
+    for url in [
+        "http://[64:ff9b:1::a00:1]/",                     // NAT64 local use
+        "http://[::ffff:0:7f00:1]/",                      // IPv4-translated loopback
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", // Teredo
+        "http://[2001:2::1]/",                            // benchmarking
+        "http://[2001:db8::1]/",                          // documentation
+        "http://[3fff::1]/",                              // documentation
+        "http://[5f00::1]/",                              // segment routing
+        "http://[100::1]/",                               // discard-only
+        "http://[2002:808:808::1]/",                      // 6to4
+        "http://[fec0::1]/",                              // site-local
+        "http://[4000::1]/",                              // not allocated
+        "http://192.0.0.170/",                            // NAT64 discovery
+        "http://198.18.0.1/",                             // benchmarking
+        "http://240.0.0.1/",                              // reserved
+    ] {
+        let resp = app.post(EP, &json!({ "url": url })).await;
+        resp.assert_error(400, "invalid_field");
+        let tested = app
+            .post(
+                "/webhooks/v1/endpoints/test",
+                &json!({ "url": url, "secret": "a-test-secret-value" }),
+            )
+            .await;
+        assert_eq!(tested.status, 400, "{url} was tested: {}", tested.text);
+        tested.assert_error(400, "invalid_field");
+    }
+    assert_eq!(endpoint_count(&app).await, 0);
+}
