@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `keys create`, `openapi`.
+//! The command line: `serve`, `migrate`, `keys create`, `openapi`, `listen`, `backup`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -32,6 +32,15 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Copy a running (or stopped) SQLite store, consistent, to a new file; its master
+    /// key file is copied beside it.
+    Backup {
+        /// The file to write (must not exist).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Run a local receiver that prints each delivery and checks its signatures.
     Listen {
         /// Port to listen on.
@@ -99,6 +108,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             secret,
             org,
         } => crate::listen::run(std::net::SocketAddr::new(host, port), &secret, org).await,
+        Command::Backup { to, database } => {
+            let done = crate::store::backup(&database, &to).await?;
+            eprintln!("backed up to {} ({} bytes)", to.display(), done.bytes);
+            if let Some(key) = done.key_file {
+                eprintln!("master key copied to {}", key.display());
+            }
+            Ok(())
+        }
         Command::Openapi => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();

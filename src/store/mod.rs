@@ -20,7 +20,7 @@ mod rows;
 pub(crate) mod rules;
 pub mod sqlite;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -281,6 +281,21 @@ pub enum Access {
     /// A command that opens the store briefly, also beside a server (`keys create`,
     /// `migrate`).
     Tool,
+}
+
+/// Copies a live embedded store to `to` (see `sqlite/backup.rs`). PostgreSQL has its
+/// own tools for this.
+pub async fn backup(
+    db: &crate::config::DatabaseArgs,
+    to: &Path,
+) -> anyhow::Result<sqlite::backup::Backup> {
+    let url = db.database_url.clone();
+    anyhow::ensure!(
+        url.starts_with("sqlite:"),
+        "posthorn backup copies the embedded SQLite store; for PostgreSQL use pg_dump or your provider's backups"
+    );
+    let to = to.to_owned();
+    tokio::task::spawn_blocking(move || sqlite::backup::run(&url, &to)).await?
 }
 
 /// Opens the store named by `db` (applying migrations).

@@ -11,6 +11,7 @@
 //! and the master key file beside it are created mode 0600.
 
 mod admin;
+pub mod backup;
 mod endpoints;
 mod log;
 mod migrate;

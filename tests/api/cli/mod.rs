@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::helpers::{free_port, posthorn_bin, ChildGuard, TestDb};
 
+mod backup;
 mod keys;
 mod logs;
 mod serve;
