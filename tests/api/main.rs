@@ -10,6 +10,7 @@ mod catalog;
 mod cli;
 mod connections;
 mod delivery;
+mod disk;
 mod endpoints;
 mod engine;
 mod errors;
