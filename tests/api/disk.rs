@@ -15,7 +15,11 @@ mod on_sqlite {
     use crate::receiver::TestReceiver;
 
     /// A tmpfs of `mib` MiB, unmounted when dropped.
-    struct SmallDisk(PathBuf, tempfile::TempDir);
+    struct SmallDisk {
+        path: PathBuf,
+        /// Removed after the unmount.
+        _dir: tempfile::TempDir,
+    }
 
     impl SmallDisk {
         fn mount(mib: u32) -> Self {
@@ -26,13 +30,16 @@ mod on_sqlite {
                 .status()
                 .expect("mount runs");
             assert!(status.success(), "mount a tmpfs (the suite runs as root)");
-            Self(dir.path().to_owned(), dir)
+            Self {
+                path: dir.path().to_owned(),
+                _dir: dir,
+            }
         }
     }
 
     impl Drop for SmallDisk {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
         }
     }
 
@@ -40,10 +47,10 @@ mod on_sqlite {
     async fn a_full_disk_answers_503_loses_nothing_and_recovers_without_a_restart() {
         let disk = SmallDisk::mount(8);
         // Room that can be given back later.
-        let ballast = disk.0.join("ballast");
+        let ballast = disk.path.join("ballast");
         std::fs::write(&ballast, vec![0u8; 2 * 1024 * 1024]).expect("ballast");
         let rx = TestReceiver::start().await;
-        let url = format!("sqlite://{}", disk.0.join("p.db").display());
+        let url = format!("sqlite://{}", disk.path.join("p.db").display());
         let node = Node::start(&url, &[("POSTHORN_RETRY_SCHEDULE", "200ms")]).await;
         let created = node
             .post(
