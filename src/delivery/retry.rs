@@ -133,4 +133,30 @@ mod tests {
             1
         );
     }
+
+    proptest::proptest! {
+        /// Any text: a schedule or an error, never a panic; a schedule of valid
+        /// durations always parses, with one attempt more than entries.
+        #[test]
+        fn any_schedule_text_parses_or_is_refused(text in "\\PC{0,40}") {
+            let _ = RetryPolicy::parse(&text, Duration::ZERO);
+        }
+
+        #[test]
+        fn a_list_of_durations_parses(secs in proptest::collection::vec(1u32..100_000, 1..10)) {
+            let text = secs.iter().map(|s| format!("{s}s")).collect::<Vec<_>>().join(",");
+            let policy = RetryPolicy::parse(&text, Duration::ZERO).expect("valid");
+            proptest::prop_assert_eq!(policy.max_attempts() as usize, secs.len() + 1);
+        }
+
+        /// Retry-After: seconds are read exactly; anything else never panics.
+        #[test]
+        fn retry_after_reads_seconds_and_never_panics(secs: u32, text in "\\PC{0,40}") {
+            proptest::prop_assert_eq!(
+                parse_retry_after(&secs.to_string()),
+                Some(Duration::from_secs(u64::from(secs)))
+            );
+            let _ = parse_retry_after(&text);
+        }
+    }
 }

@@ -256,4 +256,30 @@ mod tests {
             assert_eq!(host, 0, "{}/{} has host bits", e.net, e.len);
         }
     }
+
+    proptest::proptest! {
+        /// An IPv4 address written inside IPv6 is judged as that IPv4 address.
+        #[test]
+        fn ipv4_inside_ipv6_is_judged_as_ipv4(raw: u32) {
+            let v4 = Ipv4Addr::from(raw);
+            let expected = is_forbidden(IpAddr::V4(v4));
+            let [a, b] = [(raw >> 16) as u16, raw as u16];
+            for v6 in [
+                v4.to_ipv6_mapped(),
+                Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, a, b),
+                Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, a, b),
+            ] {
+                proptest::prop_assert_eq!(is_forbidden(IpAddr::V6(v6)), expected, "{}", v6);
+            }
+        }
+
+        /// Nothing outside 2000::/3 is dialled, except IPv4 carried inside IPv6.
+        #[test]
+        fn ipv6_outside_global_unicast_is_refused(raw: u128) {
+            let ip = Ipv6Addr::from(raw);
+            if embedded_v4(ip).is_none() && raw >> 125 != 1 {
+                proptest::prop_assert!(is_forbidden(IpAddr::V6(ip)), "{}", ip);
+            }
+        }
+    }
 }

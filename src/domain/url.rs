@@ -182,4 +182,16 @@ mod tests {
         let ok = EndpointUrl::parse("https://93.184.216.34/hook").expect("parses");
         assert!(ok.check_public().await.is_ok());
     }
+
+    proptest::proptest! {
+        /// Any text: a URL or a reason, never a panic; an accepted URL's id names it.
+        #[test]
+        fn any_text_parses_or_is_refused(text in "\\PC{0,80}") {
+            if let Ok(url) = EndpointUrl::parse(&text) {
+                let named = url.id().url();
+                proptest::prop_assert_eq!(named.as_deref(), Some(url.as_str()));
+            }
+            let _ = EndpointId::from_raw(&text).url();
+        }
+    }
 }

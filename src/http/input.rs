@@ -223,4 +223,23 @@ mod tests {
         assert!(normalize(json!({"eventTypes": [], "event_types": []})).is_err());
         assert!(normalize(json!({"e": [{"eventName": "a", "event_name": "b"}]})).is_err());
     }
+
+    proptest::proptest! {
+        /// Any JSON object: normalised or refused with a 4xx, never a panic; keys in
+        /// camelCase stay as they are.
+        #[test]
+        fn normalize_never_panics(keys in proptest::collection::vec("[a-zA-Z_]{1,12}", 0..8)) {
+            let object: Map<String, Value> =
+                keys.iter().map(|k| (k.clone(), Value::from(1))).collect();
+            match normalize(Value::Object(object)) {
+                Ok(Value::Object(out)) => {
+                    for k in out.keys() {
+                        proptest::prop_assert_eq!(&to_camel(k), k);
+                    }
+                }
+                Ok(other) => proptest::prop_assert!(false, "not an object: {other}"),
+                Err(e) => proptest::prop_assert!(e.status().is_client_error()),
+            }
+        }
+    }
 }
