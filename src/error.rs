@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 400: the body is not JSON, or not the JSON shape expected.
     #[error("{0}")]
     InvalidJson(String),
+    /// 400: the request is not HTTP/1.1 that can be parsed (hyper's own rejection).
+    #[error("the request could not be parsed: a malformed request line or header, or a missing, invalid or repeated Content-Length")]
+    MalformedRequest,
     /// 401: no key, unknown key, revoked key.
     #[error("access is unauthorized")]
     Unauthorized,
@@ -47,12 +50,21 @@ pub enum ApiError {
     /// 413: one event's envelope is over the configured limit; the message names it.
     #[error("{0}")]
     EventTooLarge(String),
+    /// 414: the request target is too long to read (hyper's own rejection).
+    #[error("the request URI is too long")]
+    UriTooLong,
+    /// 431: the request line and headers do not fit the read buffer.
+    #[error("the request line and headers are too large (the limit is about 64 KiB)")]
+    HeadersTooLarge,
     /// 415: the body is not declared as JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     /// 429: the key is over its rate limit.
     #[error("Too many requests. Client has exceeded the rate limit for this endpoint.")]
     TooManyRequests { retry_after_secs: u64 },
+    /// 503: the server already serves as many connections as it may.
+    #[error("too many connections; try again shortly")]
+    TooManyConnections,
     /// 503: the store cannot be reached; nothing was acknowledged.
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -77,9 +89,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::RequiredField(_) | Self::InvalidField(_) | Self::InvalidJson(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::RequiredField(_)
+            | Self::InvalidField(_)
+            | Self::InvalidJson(_)
+            | Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -87,9 +100,11 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::AlreadyExists(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge | Self::EventTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +114,7 @@ impl ApiError {
             Self::RequiredField(_) => "required_field",
             Self::InvalidField(_) => "invalid_field",
             Self::InvalidJson(_) => "invalid_json",
+            Self::MalformedRequest => "malformed_request",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "resource_not_found",
@@ -106,9 +122,11 @@ impl ApiError {
             Self::RequestTimeout => "request_timeout",
             Self::AlreadyExists(_) => "already_exists",
             Self::PayloadTooLarge | Self::EventTooLarge(_) => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::TooManyRequests { .. } => "too_many_requests",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::TooManyConnections => "unavailable",
             Self::Internal(_) => "server_error",
         }
     }
@@ -145,22 +163,51 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let body = ErrorBody {
-            message: self.to_string(),
-            code: self.code().to_owned(),
-        };
-        let mut response = (self.status(), axum::Json(body)).into_response();
-        let retry_after = match &self {
-            Self::TooManyRequests { retry_after_secs } => Some((*retry_after_secs).max(1)),
-            Self::Unavailable(_) => Some(1),
-            _ => None,
-        };
-        if let Some(secs) = retry_after {
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl ApiError {
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            message: self.to_string(),
+            code: self.code().to_owned(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::TooManyRequests { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            Self::Unavailable(_) | Self::TooManyConnections => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The whole HTTP/1.1 response, bytes for the wire, that closes the connection:
+    /// for the answers the connection layer writes itself, outside any handler.
+    pub fn wire_response(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(secs) = self.retry_after() {
+            out.push_str(&format!("retry-after: {secs}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        out
     }
 }
 

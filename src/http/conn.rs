@@ -10,6 +10,8 @@
 //! - A request's body must arrive within `body_timeout` (`JsonBody` answers `408`).
 //! - Each connection reads into a buffer of at most `READ_BUFFER` bytes, which also
 //!   bounds the request line and headers (beyond it: `431`).
+//! - Requests hyper rejects itself (unparsable, head too large) get the API's
+//!   `{message, code}` body ([`super::rejections`]).
 //! - On shutdown, connections with no request in progress are closed at once; those in
 //!   the middle of one get the grace period.
 
@@ -29,7 +31,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::rejections::Answering;
 use crate::config::ConnectionConfig;
+use crate::error::ApiError;
 
 /// Largest read buffer of one connection (and so of a request's line and headers).
 const READ_BUFFER: usize = 64 * 1024;
@@ -131,7 +135,8 @@ impl Connection {
                 answer
             }
         });
-        let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+        let mut conn =
+            std::pin::pin!(builder.serve_connection(TokioIo::new(Answering::new(stream)), service));
         tokio::select! {
             ended = conn.as_mut() => {
                 // Errors here are the client's (reset, timed out, malformed).
@@ -155,15 +160,9 @@ impl Connection {
 
 /// Answers a connection over the limit and closes it, within a second.
 async fn refuse(mut stream: TcpStream) {
-    const BODY: &str =
-        r#"{"message":"too many connections; try again shortly","code":"unavailable"}"#;
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    );
+    let answer = ApiError::TooManyConnections.wire_response();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(answer.as_bytes()).await?;
+        stream.write_all(&answer).await?;
         stream.shutdown().await
     })
     .await;

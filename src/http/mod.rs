@@ -13,6 +13,7 @@ pub mod keys;
 pub mod ops;
 pub mod pagination;
 pub mod ratelimit;
+pub mod rejections;
 
 use std::sync::Arc;
 

@@ -171,3 +171,73 @@ async fn sigterm_does_not_wait_for_clients_that_never_sent_a_whole_request() {
         started.elapsed()
     );
 }
+
+/// Sends `raw` on a new connection and returns the status and JSON body of the answer
+/// the server closes the connection after.
+async fn rejected(app: &TestApp, raw: &[u8]) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr(app)).await.expect("connect");
+    // The server may answer and close before it has read all of a large request.
+    let _ = s.write_all(raw).await;
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    let status = head[9..12].parse().expect("a status");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (status, body)
+}
+
+#[tokio::test]
+async fn requests_hyper_rejects_get_the_error_body() {
+    let app = spawn_app_with(|_| {}).await;
+    let cases: [(&str, Vec<u8>, u16, &str); 4] = [
+        (
+            "a malformed request line",
+            b"GARBAGE\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a header without a colon",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "two different Content-Length headers",
+            b"POST /webhooks/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+              Content-Length: 6\r\n\r\nhello"
+                .to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "headers over the read buffer",
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+                "a".repeat(200_000)
+            )
+            .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (what, raw, status, code) in cases {
+        let (got, body) = rejected(&app, &raw).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert_eq!(body["code"], code, "{what}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // A URI too long for the buffer is refused the same way.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(200_000));
+    let (got, body) = rejected(&app, long.as_bytes()).await;
+    assert!(matches!(got, 414 | 431), "{got}: {body}");
+    // And the server still answers the next client.
+    let health = reqwest::get(format!("{}/healthz", app.base))
+        .await
+        .expect("get");
+    assert!(health.status().is_success());
+}
