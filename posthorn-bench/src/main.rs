@@ -11,9 +11,10 @@ mod phases;
 mod receiver;
 mod report;
 mod server;
+mod soak;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
@@ -72,6 +73,15 @@ pub struct Args {
     /// Run only these phases (comma-separated; default all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub phases: Vec<Phase>,
+    /// Instead of the phases: a mixed load for this long (`10m`), printing RSS, p99
+    /// latency and queue depth every `--soak-interval`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub soak: Option<Duration>,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub soak_interval: Duration,
+    /// Publishes per second of the soak.
+    #[arg(long, default_value_t = 500)]
+    pub soak_rate: u64,
 }
 
 #[tokio::main]
@@ -79,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     let bin = server::binary(args.bin.clone())?;
+    if let Some(duration) = args.soak {
+        soak::run(&args, &bin, duration).await?;
+        eprintln!("soak took {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let report = phases::run(&args, &bin).await?;
     report.print_table();
     eprintln!("benchmark took {:.0} s", started.elapsed().as_secs_f64());

@@ -15,8 +15,8 @@ use crate::latency;
 use crate::load::{self, Conn};
 use crate::receiver::{self, Counters};
 use crate::report::Report;
-use crate::server::{Posthorn, ADMIN_KEY};
-use crate::{Args, Phase, Store};
+use crate::server::{Database, Posthorn, ADMIN_KEY};
+use crate::{Args, Phase};
 
 pub fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
@@ -73,7 +73,7 @@ pub async fn e2e(
     Ok(n as f64 / drained(counters, n as u64, from, what).await?)
 }
 
-async fn admin(conn: &mut Conn, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+pub async fn admin(conn: &mut Conn, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
     let (status, answer) = conn
         .post(path, Some(ADMIN_KEY), Bytes::from(body.to_string()))
         .await?;
@@ -86,7 +86,7 @@ async fn admin(conn: &mut Conn, path: &str, body: serde_json::Value) -> anyhow::
     Ok(())
 }
 
-async fn endpoints(
+pub async fn endpoints(
     conn: &mut Conn,
     rx: SocketAddr,
     prefix: &str,
@@ -141,24 +141,7 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     ));
     report.ceiling_rps = ceiling(rx, &counters, n, c).await?;
 
-    // Kept until the end of the run: the SQLite file's directory, or the cluster.
-    let mut sqlite_dir = None;
-    let mut cluster = None;
-    let database_url = match args.store {
-        Store::Sqlite => {
-            let dir = tempfile::tempdir()?;
-            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            sqlite_dir = Some(dir);
-            url
-        }
-        Store::Postgres => {
-            progress("starting a throwaway PostgreSQL (fsync on)");
-            let started = tokio::task::spawn_blocking(throwaway_pg::PgCluster::durable).await?;
-            let url = started.create_database().await;
-            cluster = Some(started);
-            url
-        }
-    };
+    let (database, database_url) = Database::fresh(args.store).await?;
     progress(&format!("starting posthorn on {database_url}"));
     let posthorn = Posthorn::start(
         bin,
@@ -293,7 +276,7 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     }
 
     if on(Phase::Growth) && args.history > 0 {
-        let db_path = sqlite_dir.as_ref().map(|d| d.path().join("bench.db"));
+        let db_path = database.sqlite_file();
         let disk = match &db_path {
             Some(path) => Disk::Sqlite(path),
             None => Disk::Postgres(&database_url),
@@ -324,6 +307,6 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
         .peak_rss_mib()
         .context("reading the peak RSS of posthorn")?;
     posthorn.stop().await;
-    drop(cluster);
+    drop(database);
     Ok(report)
 }

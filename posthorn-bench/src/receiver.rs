@@ -1,4 +1,5 @@
-//! The fast receiver: answers 200 at once, counts what arrives, and in latency mode
+//! The receiver: answers 200 at once (or, on the soak's `/fail` and `/slow` paths, 500
+//! at once and 200 after 200 ms), counts what arrives, and in latency mode
 //! reads the publish time stamped into each event.
 
 use std::convert::Infallible;
@@ -25,6 +26,8 @@ pub struct Counters {
     pub latencies_ns: Mutex<Vec<u64>>,
     /// Attempts answered 429 on `/backlog/...`.
     pub backlog: AtomicU64,
+    /// Attempts answered 500 on `/fail/...` (the soak's failing endpoint).
+    pub failed: AtomicU64,
 }
 
 impl Counters {
@@ -48,6 +51,16 @@ async fn handle(
             hyper::header::HeaderValue::from_static("3600"),
         );
         return Ok(busy);
+    }
+    // The soak's failing endpoint, and its slow one (200 ms per answer).
+    if req.uri().path().starts_with("/fail") {
+        c.failed.fetch_add(1, Ordering::SeqCst);
+        let mut failed = Response::new(Full::new(Bytes::new()));
+        *failed.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        return Ok(failed);
+    }
+    if req.uri().path().starts_with("/slow") {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let body = req
         .into_body()
@@ -81,6 +94,7 @@ pub async fn start(epoch: Instant) -> anyhow::Result<(SocketAddr, Arc<Counters>)
         measure_latency: AtomicBool::new(false),
         latencies_ns: Mutex::new(Vec::new()),
         backlog: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
     });
     let c = counters.clone();
     tokio::spawn(async move {

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
+use crate::Store;
+
 pub const ADMIN_KEY: &str = "bench-admin-key-0123456789";
 const MASTER_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -43,6 +45,43 @@ pub fn binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(sibling)
+}
+
+/// The store of a run, kept until the end of it: the SQLite file's directory, or the
+/// throwaway cluster.
+pub enum Database {
+    Sqlite(tempfile::TempDir),
+    Postgres(
+        #[expect(dead_code, reason = "held for its Drop, which stops the cluster")]
+        throwaway_pg::PgCluster,
+    ),
+}
+
+impl Database {
+    /// A fresh store of the kind `store` names, and its URL.
+    pub async fn fresh(store: Store) -> anyhow::Result<(Self, String)> {
+        Ok(match store {
+            Store::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                (Self::Sqlite(dir), url)
+            }
+            Store::Postgres => {
+                crate::phases::progress("starting a throwaway PostgreSQL (fsync on)");
+                let cluster = tokio::task::spawn_blocking(throwaway_pg::PgCluster::durable).await?;
+                let url = cluster.create_database().await;
+                (Self::Postgres(cluster), url)
+            }
+        })
+    }
+
+    /// The SQLite database file, for the SQLite store.
+    pub fn sqlite_file(&self) -> Option<PathBuf> {
+        match self {
+            Self::Sqlite(dir) => Some(dir.path().join("bench.db")),
+            Self::Postgres(_) => None,
+        }
+    }
 }
 
 pub struct Posthorn {
@@ -93,16 +132,25 @@ impl Posthorn {
 
     /// Peak resident set size so far, in MiB (VmHWM).
     pub fn peak_rss_mib(&self) -> Option<f64> {
+        self.status_kib("VmHWM:").map(|kb| kb / 1024.0)
+    }
+
+    /// Resident set size now, in MiB (VmRSS).
+    pub fn rss_mib(&self) -> Option<f64> {
+        self.status_kib("VmRSS:").map(|kb| kb / 1024.0)
+    }
+
+    /// One `kB` field of `/proc/<pid>/status`.
+    fn status_kib(&self, field: &str) -> Option<f64> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb: f64 = status
+        status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
+            .find(|l| l.starts_with(field))?
             .split_whitespace()
             .nth(1)?
             .parse()
-            .ok()?;
-        Some(kb / 1024.0)
+            .ok()
     }
 
     /// CPU time the process has used so far (user + system), in seconds.
