@@ -1,4 +1,4 @@
-//! Encryption of endpoint secrets at rest.
+//! Encryption of endpoint secrets and custom headers at rest.
 //!
 //! Policy: secrets are sealed with XChaCha20-Poly1305 under a 32-byte master key, a
 //! fresh random nonce each time, and the owning org's id as associated data (so a
@@ -17,7 +17,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 
-use crate::domain::{OrgId, Secret};
+use crate::domain::{CustomHeaders, OrgId, Secret};
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
@@ -130,6 +130,18 @@ impl MasterKey {
 
     pub fn seal_secret(&self, org: &OrgId, secret: &Secret) -> Vec<u8> {
         self.seal(secret.expose().as_bytes(), org.as_str())
+    }
+
+    /// Seals an endpoint's custom headers (as JSON), bound to its org and to their
+    /// purpose, so a sealed secret does not open as headers or the other way round.
+    pub fn seal_headers(&self, org: &OrgId, headers: &CustomHeaders) -> Vec<u8> {
+        let json = serde_json::to_vec(headers).unwrap_or_default();
+        self.seal(&json, &format!("{org}/headers"))
+    }
+
+    pub fn open_headers(&self, org: &OrgId, sealed: &[u8]) -> anyhow::Result<CustomHeaders> {
+        let json = self.open(sealed, &format!("{org}/headers"))?;
+        serde_json::from_slice(&json).context("stored headers are not a JSON object")
     }
 
     pub fn open_secret(&self, org: &OrgId, sealed: &[u8]) -> anyhow::Result<Secret> {

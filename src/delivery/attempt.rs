@@ -7,7 +7,7 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, USER_AGENT};
 
 use super::client::USER_AGENT as AGENT;
 use super::{sign, Engine};
-use crate::domain::{ErrorClass, Timestamp};
+use crate::domain::{CustomHeaders, ErrorClass, Timestamp};
 use crate::store::{AttemptRecord, Claimed, Outcome};
 
 /// What one POST to an endpoint came to.
@@ -64,8 +64,8 @@ fn signed_headers(org: &str, msg_id: &str, body: &[u8], keys: &[Vec<u8>]) -> Hea
     headers
 }
 
-/// Signs `body` and POSTs it to `url` (the SSRF guard applies), within the attempt
-/// timeout.
+/// Signs `body` and POSTs it to `url` with the endpoint's custom headers (the SSRF
+/// guard applies), within the attempt timeout.
 pub async fn send(
     engine: &Engine,
     url: &str,
@@ -73,8 +73,16 @@ pub async fn send(
     msg_id: &str,
     body: Bytes,
     keys: &[Vec<u8>],
+    custom: Option<&CustomHeaders>,
 ) -> Sent {
-    let headers = signed_headers(org, msg_id, &body, keys);
+    let mut headers = signed_headers(org, msg_id, &body, keys);
+    // None of them can replace one of posthorn's: those names are refused at save.
+    for (name, value) in custom
+        .map(CustomHeaders::to_header_pairs)
+        .unwrap_or_default()
+    {
+        headers.insert(name, value);
+    }
     let clock = Instant::now();
     let mut sent = match engine
         .client
@@ -144,21 +152,37 @@ pub async fn make(engine: &Engine, c: &Claimed) -> AttemptRecord {
             }
         }
     }
-    let sent = if keys.is_empty() {
-        Sent::failed(
+    let custom = match &target.sealed_headers {
+        None => Ok(None),
+        Some(sealed) => engine
+            .master_key
+            .open_headers(&target.org_id, sealed)
+            .map(Some),
+    };
+    let sent = match (keys.is_empty(), custom) {
+        (true, _) => Sent::failed(
             ErrorClass::Secret,
             "endpoint secret cannot be decrypted with this master key".into(),
-        )
-    } else {
-        send(
-            engine,
-            &target.url,
-            target.org_id.as_str(),
-            c.event.id.as_str(),
-            c.event.body.clone(),
-            &keys,
-        )
-        .await
+        ),
+        (false, Err(e)) => {
+            tracing::error!(delivery.id = %c.delivery, error = %e, "cannot open endpoint headers");
+            Sent::failed(
+                ErrorClass::Secret,
+                "endpoint headers cannot be decrypted with this master key".into(),
+            )
+        }
+        (false, Ok(custom)) => {
+            send(
+                engine,
+                &target.url,
+                target.org_id.as_str(),
+                c.event.id.as_str(),
+                c.event.body.clone(),
+                &keys,
+                custom.as_ref(),
+            )
+            .await
+        }
     };
     // The next attempt is timed from the end of this one.
     record.outcome = if sent.succeeded() {

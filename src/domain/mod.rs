@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod delivery;
 pub mod event_type;
+pub mod headers;
 pub mod ids;
 pub mod net;
 pub mod org;
@@ -13,6 +14,7 @@ pub mod url;
 pub use api_key::{ApiKey, KeyHash, Role};
 pub use delivery::{DeliveryState, ErrorClass};
 pub use event_type::{EventName, EventTypeRef};
+pub use headers::CustomHeaders;
 pub use ids::{ClaimToken, DeliveryId, EndpointUid, EventId};
 pub use org::OrgId;
 pub use secret::Secret;

@@ -14,14 +14,14 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, Authorized};
-use super::endpoints::{checked_url, load, parse_secret};
+use super::endpoints::{checked_url, load, parse_headers, parse_secret};
 use super::events::envelope;
 use super::input::{JsonBody, PathParam};
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::delivery::{attempt, sign};
 use crate::domain::event_type::TEST_EVENT;
-use crate::domain::{ErrorClass, OrgId, Secret, Timestamp};
+use crate::domain::{CustomHeaders, ErrorClass, OrgId, Secret, Timestamp};
 use crate::error::{ApiError, ApiResult};
 
 /// Default time the previous secret keeps signing after a rotation.
@@ -60,6 +60,8 @@ pub struct TestResult {
 pub struct TestUrlBody {
     pub url: Option<String>,
     pub secret: Option<String>,
+    /// Custom headers to send, as an endpoint's would be.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -113,6 +115,7 @@ async fn send_test(
     org: &OrgId,
     url: &str,
     secrets: &[Secret],
+    custom: Option<&CustomHeaders>,
 ) -> ApiResult<TestResult> {
     let body = envelope(TEST_EVENT, &Value::Object(Default::default()))
         .map_err(|e| ApiError::Internal(e.into()))?;
@@ -130,6 +133,7 @@ async fn send_test(
         &msg_id,
         body.into(),
         &keys,
+        custom,
     )
     .await;
     Ok(TestResult {
@@ -168,8 +172,24 @@ pub async fn test_endpoint(
             );
         }
     }
+    let custom = match &endpoint.sealed_headers {
+        Some(sealed) => Some(
+            state
+                .master_key
+                .open_headers(caller.org(), sealed)
+                .map_err(ApiError::Internal)?,
+        ),
+        None => None,
+    };
     Ok(Json(
-        send_test(&state, caller.org(), &endpoint.url, &secrets).await?,
+        send_test(
+            &state,
+            caller.org(),
+            &endpoint.url,
+            &secrets,
+            custom.as_ref(),
+        )
+        .await?,
     ))
 }
 
@@ -193,8 +213,9 @@ pub async fn test_url(
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::RequiredField("secret".into()))?;
     let secret = parse_secret(&secret)?;
+    let custom = parse_headers(body.headers.unwrap_or_default())?;
     Ok(Json(
-        send_test(&state, caller.org(), url.as_str(), &[secret]).await?,
+        send_test(&state, caller.org(), url.as_str(), &[secret], Some(&custom)).await?,
     ))
 }
 

@@ -1,5 +1,7 @@
 //! The five Fullstory endpoint operations.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -12,7 +14,10 @@ use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination::{self, PageParams};
 use super::{Empty, ErrorBody};
 use crate::app::AppState;
-use crate::domain::{EndpointId, EndpointUrl, EventTypeRef, OrgId, Secret, Timestamp};
+use crate::crypto::MasterKey;
+use crate::domain::{
+    CustomHeaders, EndpointId, EndpointUrl, EventTypeRef, OrgId, Secret, Timestamp,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EndpointPatch, EndpointRecord, NewEndpoint};
 
@@ -48,10 +53,21 @@ pub struct Endpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub disabled_at: Option<Timestamp>,
+    /// Custom headers sent on every attempt; the values of sensitive names
+    /// (`Authorization`, `Cookie`, names with `key`, `token`, `secret`, `auth`,
+    /// `password` or `session`) show as `********`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
-impl From<EndpointRecord> for Endpoint {
-    fn from(r: EndpointRecord) -> Self {
+impl Endpoint {
+    /// The view of `r`, its custom headers opened with `key` and masked.
+    pub fn view(r: EndpointRecord, key: &MasterKey) -> Self {
+        let headers = r.sealed_headers.as_ref().and_then(|sealed| {
+            key.open_headers(&r.org_id, sealed)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot open endpoint headers"))
+                .ok()
+        });
         Self {
             id: EndpointId::for_url(&r.url).as_str().to_owned(),
             created: r.created,
@@ -62,6 +78,7 @@ impl From<EndpointRecord> for Endpoint {
             secret: None,
             disabled_reason: r.disabled_reason,
             disabled_at: if r.enabled { None } else { r.disabled_at },
+            headers: headers.map(|h| h.masked()),
         }
     }
 }
@@ -84,6 +101,9 @@ pub struct CreateEndpointBody {
     pub secret: Option<String>,
     /// `true`: the endpoint is created disabled (it receives nothing until enabled).
     pub disabled: Option<bool>,
+    /// Headers sent on every attempt (at most 20, 8 KiB together; not the ones
+    /// posthorn sets). Stored encrypted.
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// Update body: an absent or empty field is left as it is; the endpoint is enabled
@@ -95,6 +115,9 @@ pub struct UpdateEndpointBody {
     pub event_types: Option<Vec<EventTypeInput>>,
     pub secret: Option<String>,
     pub disabled: Option<bool>,
+    /// Replaces the custom headers; absent leaves them, `{}` removes them. A value sent
+    /// as `********` keeps the stored value of that header.
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -110,6 +133,15 @@ pub(super) async fn checked_url(state: &AppState, raw: &str) -> ApiResult<Endpoi
             .map_err(|e| ApiError::invalid("url", e))?;
     }
     Ok(url)
+}
+
+pub(super) fn parse_headers(given: BTreeMap<String, String>) -> ApiResult<CustomHeaders> {
+    CustomHeaders::parse(given).map_err(|e| ApiError::invalid("headers", e))
+}
+
+/// Custom headers sealed for the store; none for an empty set.
+fn seal_headers(state: &AppState, org: &OrgId, headers: &CustomHeaders) -> Option<Vec<u8>> {
+    (!headers.is_empty()).then(|| state.master_key.seal_headers(org, headers))
 }
 
 pub(super) fn parse_secret(raw: &str) -> ApiResult<Secret> {
@@ -140,6 +172,7 @@ pub async fn create_endpoint(
         Some(raw) => (parse_secret(&raw)?, false),
         None => (Secret::generate(), true),
     };
+    let headers = parse_headers(body.headers.unwrap_or_default())?;
     let record = state
         .store
         .create_endpoint(&NewEndpoint {
@@ -147,11 +180,12 @@ pub async fn create_endpoint(
             url: url.as_str().to_owned(),
             event_types,
             sealed_secret: state.master_key.seal_secret(org, &secret),
+            sealed_headers: seal_headers(&state, org, &headers),
             enabled: body.disabled != Some(true),
             now: Timestamp::now(),
         })
         .await?;
-    let mut view = Endpoint::from(record);
+    let mut view = Endpoint::view(record, &state.master_key);
     view.secret = minted.then(|| secret.expose().to_owned());
     Ok(Json(view))
 }
@@ -171,7 +205,11 @@ pub async fn list_endpoints(
         .list_endpoints(caller.org(), after, limit)
         .await?;
     Ok(Json(EndpointList {
-        endpoints: page.items.into_iter().map(Endpoint::from).collect(),
+        endpoints: page
+            .items
+            .into_iter()
+            .map(|r| Endpoint::view(r, &state.master_key))
+            .collect(),
         next_pagination_token: page.next_after.map(|seq| pagination::encode("e", seq)),
     }))
 }
@@ -190,7 +228,8 @@ pub async fn get_endpoint(
     caller: Authorized<AdminOnly>,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Endpoint>> {
-    Ok(Json(load(&state, caller.org(), &id).await?.into()))
+    let record = load(&state, caller.org(), &id).await?;
+    Ok(Json(Endpoint::view(record, &state.master_key)))
 }
 
 /// Update Endpoint (POST, as Fullstory does)
@@ -220,10 +259,27 @@ pub async fn update_endpoint(
         Some(raw) => Some(state.master_key.seal_secret(org, &parse_secret(&raw)?)),
         None => None,
     };
+    let sealed_headers = match body.headers {
+        None => None,
+        Some(given) => {
+            let mut headers = parse_headers(given)?;
+            // A masked value sent back keeps what is stored.
+            let current = load(&state, org, &id).await?;
+            if let Some(sealed) = &current.sealed_headers {
+                let stored = state
+                    .master_key
+                    .open_headers(org, sealed)
+                    .map_err(ApiError::Internal)?;
+                headers = headers.keeping_masked(&stored);
+            }
+            Some(seal_headers(&state, org, &headers))
+        }
+    };
     let patch = EndpointPatch {
         url,
         event_types,
         sealed_secret,
+        sealed_headers,
         enabled: body.disabled != Some(true),
         now: Timestamp::now(),
     };
@@ -231,7 +287,7 @@ pub async fn update_endpoint(
         .store
         .update_endpoint(org, &current_url, &patch)
         .await?;
-    Ok(Json(record.into()))
+    Ok(Json(Endpoint::view(record, &state.master_key)))
 }
 
 /// Delete Endpoint

@@ -82,6 +82,8 @@ pub struct EndpointRecord {
     pub disabled_at: Option<Timestamp>,
     /// The previous secret during a rotation's grace period, and when it ends.
     pub old_secret: Option<(Vec<u8>, Timestamp)>,
+    /// Custom headers, sealed (see `MasterKey::seal_headers`); `None` for none.
+    pub sealed_headers: Option<Vec<u8>>,
     pub last_success: Option<Timestamp>,
     pub last_failure: Option<Timestamp>,
 }
@@ -92,6 +94,7 @@ pub struct NewEndpoint {
     pub url: String,
     pub event_types: Vec<EventTypeRef>,
     pub sealed_secret: Vec<u8>,
+    pub sealed_headers: Option<Vec<u8>>,
     /// False: created disabled (by hand, so with no reason).
     pub enabled: bool,
     pub now: Timestamp,
@@ -103,6 +106,8 @@ pub struct EndpointPatch {
     pub url: Option<String>,
     pub event_types: Option<Vec<EventTypeRef>>,
     pub sealed_secret: Option<Vec<u8>>,
+    /// `Some(None)` removes the custom headers.
+    pub sealed_headers: Option<Option<Vec<u8>>>,
     pub enabled: bool,
     pub now: Timestamp,
 }
@@ -172,6 +177,8 @@ pub struct Target {
     pub sealed_secret: Vec<u8>,
     /// The previous secret and when it stops signing (a rotation's grace period).
     pub old_secret: Option<(Vec<u8>, Timestamp)>,
+    /// Custom headers, sealed; `None` for none.
+    pub sealed_headers: Option<Vec<u8>>,
     /// False when the endpoint was disabled or deleted after the event was published.
     pub live: bool,
 }

@@ -107,7 +107,7 @@ impl From<SubcategoryRow> for SubcategoryRecord {
 /// The columns of [`EndpointRow`], for `SELECT`s.
 pub(crate) const ENDPOINT_COLUMNS: &str = "uid, org_id, url, enabled, secret, created_ms, \
     modified_ms, disabled_reason, disabled_ms, old_secret, old_secret_expires_ms, \
-    last_success_ms, last_failure_ms";
+    headers, last_success_ms, last_failure_ms";
 
 #[derive(Debug, Deserialize, sqlx::FromRow)]
 pub(crate) struct EndpointRow {
@@ -122,6 +122,7 @@ pub(crate) struct EndpointRow {
     pub disabled_ms: Option<i64>,
     pub old_secret: Option<Vec<u8>>,
     pub old_secret_expires_ms: Option<i64>,
+    pub headers: Option<Vec<u8>>,
     pub last_success_ms: Option<i64>,
     pub last_failure_ms: Option<i64>,
 }
@@ -141,6 +142,7 @@ impl EndpointRow {
             disabled_reason: self.disabled_reason,
             disabled_at: time(self.disabled_ms),
             old_secret: old_secret(self.old_secret, self.old_secret_expires_ms),
+            sealed_headers: self.headers,
             last_success: time(self.last_success_ms),
             last_failure: time(self.last_failure_ms),
         })
@@ -172,7 +174,7 @@ pub(crate) fn attach_subscriptions(endpoints: &mut [EndpointRecord], rows: Vec<S
 
 /// The columns of [`TargetRow`] from `endpoints e`.
 pub(crate) const TARGET_COLUMNS: &str = "e.uid, e.org_id, e.url, e.secret, e.old_secret, \
-    e.old_secret_expires_ms, (e.enabled AND e.deleted_ms IS NULL) AS live";
+    e.old_secret_expires_ms, e.headers, (e.enabled AND e.deleted_ms IS NULL) AS live";
 
 #[derive(Debug, Deserialize, sqlx::FromRow)]
 pub(crate) struct TargetRow {
@@ -182,6 +184,7 @@ pub(crate) struct TargetRow {
     pub secret: Vec<u8>,
     pub old_secret: Option<Vec<u8>>,
     pub old_secret_expires_ms: Option<i64>,
+    pub headers: Option<Vec<u8>>,
     pub live: bool,
 }
 
@@ -193,6 +196,7 @@ impl TargetRow {
             url: self.url,
             sealed_secret: self.secret,
             old_secret: old_secret(self.old_secret, self.old_secret_expires_ms),
+            sealed_headers: self.headers,
             live: self.live,
         })
     }
@@ -214,6 +218,7 @@ pub(crate) struct ClaimRow {
     pub secret: Vec<u8>,
     pub old_secret: Option<Vec<u8>>,
     pub old_secret_expires_ms: Option<i64>,
+    pub headers: Option<Vec<u8>>,
     pub live: bool,
 }
 
@@ -226,6 +231,7 @@ impl ClaimRow {
             secret: self.secret,
             old_secret: self.old_secret,
             old_secret_expires_ms: self.old_secret_expires_ms,
+            headers: self.headers,
             live: self.live,
         };
         Ok(Claimed {

@@ -103,14 +103,15 @@ async fn fetch_live(
 pub(super) async fn create(pool: &PgPool, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     sqlx::query(
-        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms) \
-         VALUES ($1, $2, $5, $3, $4, $4, CASE WHEN $5 THEN NULL ELSE $4 END)",
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers) \
+         VALUES ($1, $2, $5, $3, $4, $4, CASE WHEN $5 THEN NULL ELSE $4 END, $6)",
     )
     .bind(new.org_id.as_str())
     .bind(&new.url)
     .bind(&new.sealed_secret)
     .bind(new.now.millis())
     .bind(new.enabled)
+    .bind(new.sealed_headers.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(unique_or(&new.url))?;
@@ -167,7 +168,8 @@ pub(super) async fn update(
            old_secret = CASE WHEN $6 THEN NULL ELSE old_secret END, \
            old_secret_expires_ms = CASE WHEN $6 THEN NULL ELSE old_secret_expires_ms END, \
            disabled_reason = NULL, disabled_ms = CASE WHEN $2 THEN NULL ELSE COALESCE(disabled_ms, $4) END, \
-           failing_since_ms = CASE WHEN $2 THEN NULL ELSE failing_since_ms END \
+           failing_since_ms = CASE WHEN $2 THEN NULL ELSE failing_since_ms END, \
+           headers = CASE WHEN $7 THEN $8 ELSE headers END \
          WHERE uid = $5",
     )
     .bind(new_url)
@@ -176,6 +178,8 @@ pub(super) async fn update(
     .bind(patch.now.millis())
     .bind(current.uid.0)
     .bind(patch.sealed_secret.is_some())
+    .bind(patch.sealed_headers.is_some())
+    .bind(patch.sealed_headers.clone().flatten())
     .execute(&mut *tx)
     .await
     .map_err(unique_or(new_url))?;

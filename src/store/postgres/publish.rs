@@ -32,6 +32,7 @@ struct RoutedRow {
     secret: Vec<u8>,
     old_secret: Option<Vec<u8>>,
     old_secret_expires_ms: Option<i64>,
+    headers: Option<Vec<u8>>,
 }
 
 type Route<'a> = (&'a str, &'a str, &'a str);
@@ -59,7 +60,7 @@ async fn routes<'a>(
         }
     }
     let rows = sqlx::query_as::<_, RoutedRow>(
-        "SELECT r.n - 1 AS route, e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms \
+        "SELECT r.n - 1 AS route, e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms, e.headers \
          FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY AS r(org_id, event_name, subcategory, n) \
          JOIN endpoint_event_types t ON t.org_id = r.org_id \
            AND ((t.event_name = r.event_name AND t.subcategory = r.subcategory) \
@@ -88,6 +89,7 @@ async fn routes<'a>(
             old_secret: row
                 .old_secret
                 .zip(row.old_secret_expires_ms.map(Timestamp::from_millis)),
+            sealed_headers: row.headers,
             live: true,
         };
         out.entry(*key).or_default().push(Arc::new(target));

@@ -36,7 +36,7 @@ pub(super) async fn claim_due(
          FROM events ev, endpoints e \
          WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
          RETURNING d.id, d.attempts, d.retry_base, ev.id AS event_id, ev.created_ms AS event_created_ms, ev.body, \
-                   e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms, \
+                   e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms, e.headers, \
                    (e.enabled AND e.deleted_ms IS NULL) AS live",
     )
     .bind(held_uids)

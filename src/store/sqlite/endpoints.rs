@@ -96,8 +96,8 @@ fn fetch_live(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<Endpoint
 
 pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
     tx.prepare_cached(
-        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms) \
-         VALUES (?1, ?2, ?5, ?3, ?4, ?4, CASE WHEN ?5 THEN NULL ELSE ?4 END)",
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers) \
+         VALUES (?1, ?2, ?5, ?3, ?4, ?4, CASE WHEN ?5 THEN NULL ELSE ?4 END, ?6)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -105,7 +105,8 @@ pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<Endpoint
             new.url,
             new.sealed_secret,
             new.now.millis(),
-            new.enabled
+            new.enabled,
+            new.sealed_headers
         ])
     })
     .map_err(unique_or(&new.url))?;
@@ -156,7 +157,8 @@ pub(super) fn update(
            old_secret = CASE WHEN ?6 THEN NULL ELSE old_secret END, \
            old_secret_expires_ms = CASE WHEN ?6 THEN NULL ELSE old_secret_expires_ms END, \
            disabled_reason = NULL, disabled_ms = CASE WHEN ?2 THEN NULL ELSE COALESCE(disabled_ms, ?4) END, \
-           failing_since_ms = CASE WHEN ?2 THEN NULL ELSE failing_since_ms END \
+           failing_since_ms = CASE WHEN ?2 THEN NULL ELSE failing_since_ms END, \
+           headers = CASE WHEN ?7 THEN ?8 ELSE headers END \
          WHERE uid = ?5",
     )
     .and_then(|mut stmt| {
@@ -166,7 +168,9 @@ pub(super) fn update(
             patch.sealed_secret,
             patch.now.millis(),
             current.uid.0,
-            patch.sealed_secret.is_some()
+            patch.sealed_secret.is_some(),
+            patch.sealed_headers.is_some(),
+            patch.sealed_headers.clone().flatten()
         ])
     })
     .map_err(unique_or(new_url))?;

@@ -50,6 +50,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "queue v2",
         sql: include_str!("../../../migrations/sqlite/0006_queue_v2.sql"),
     },
+    Migration {
+        version: 7,
+        description: "endpoint headers",
+        sql: include_str!("../../../migrations/sqlite/0007_endpoint_headers.sql"),
+    },
 ];
 
 pub(super) fn run(conn: &mut Connection) -> anyhow::Result<()> {

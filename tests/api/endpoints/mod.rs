@@ -12,6 +12,7 @@ mod access;
 mod casing;
 mod create;
 mod delete;
+mod headers;
 mod pagination;
 mod update;
 mod validation;

@@ -130,11 +130,13 @@ async fn endpoints_keep_their_subscriptions_and_uid_across_a_url_change() {
         url: "https://example.com/a".into(),
         event_types: subs.clone(),
         sealed_secret: vec![9],
+        sealed_headers: Some(vec![7, 7]),
         enabled: true,
         now: Timestamp::now(),
     };
     let created = s.create_endpoint(&new).await.expect("create");
     assert_eq!(created.event_types, subs);
+    assert_eq!(created.sealed_headers, Some(vec![7, 7]));
     assert!(matches!(
         s.create_endpoint(&new).await,
         Err(StoreError::Conflict(_))
@@ -143,6 +145,7 @@ async fn endpoints_keep_their_subscriptions_and_uid_across_a_url_change() {
         url: Some("https://example.com/b".into()),
         event_types: Some(Vec::new()),
         sealed_secret: None,
+        sealed_headers: None,
         enabled: false,
         now: Timestamp::now(),
     };
@@ -151,6 +154,21 @@ async fn endpoints_keep_their_subscriptions_and_uid_across_a_url_change() {
         .await
         .expect("update");
     assert_eq!(updated.uid, created.uid);
+    assert_eq!(
+        updated.sealed_headers,
+        Some(vec![7, 7]),
+        "absent: unchanged"
+    );
+    let cleared = EndpointPatch {
+        url: None,
+        sealed_headers: Some(None),
+        ..patch.clone()
+    };
+    let updated = s
+        .update_endpoint(&org(), "https://example.com/b", &cleared)
+        .await
+        .expect("clear the headers");
+    assert_eq!(updated.sealed_headers, None);
     assert!(!updated.enabled && updated.event_types.is_empty());
     assert!(matches!(
         s.get_endpoint(&org(), "https://example.com/a").await,

@@ -47,6 +47,7 @@ pub async fn endpoints(store: &DynStore, n: usize) -> Vec<EndpointUid> {
                 url: format!("https://example.com/hook/{i}"),
                 event_types: Vec::new(),
                 sealed_secret: vec![1, 2, 3],
+                sealed_headers: None,
                 enabled: true,
                 now: Timestamp::now(),
             })
