@@ -157,6 +157,15 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
         json!({"eventName": "bench.nobody"}),
     )
     .await?;
+    admin(
+        &mut conn,
+        "/webhooks/v1/event-types",
+        json!({"eventName": "bench.schema", "schema": {
+            "type": "object", "required": ["i"],
+            "properties": {"i": {"type": "integer", "minimum": 0}}
+        }}),
+    )
+    .await?;
     endpoints(&mut conn, rx, "one", "bench.one", 1).await?;
     endpoints(&mut conn, rx, "ten", "bench.ten", args.endpoints).await?;
     endpoints(&mut conn, rx, "lat", "bench.lat", 1).await?;
@@ -195,6 +204,18 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
         .await?;
         report.publish_rps = n as f64 / t.elapsed().as_secs_f64();
         report.cpu_publish = Some(per_delivery(before, n as f64));
+
+        progress(&format!(
+            "publish: {n} single publishes of a type with a JSON Schema (no subscribers)"
+        ));
+        let before = cpu();
+        let t = Instant::now();
+        load::run(api, c, n, key.clone(), |i| {
+            ("/webhooks/v1/events".to_owned(), event("bench.schema", i))
+        })
+        .await?;
+        report.publish_schema_rps = n as f64 / t.elapsed().as_secs_f64();
+        report.cpu_publish_schema = Some(per_delivery(before, n as f64));
 
         progress(&format!("publish: {n} events in batches of 100"));
         let t = Instant::now();

@@ -10,6 +10,8 @@ pub struct Report {
     pub ceiling_rps: f64,
     pub publish_rps: f64,
     pub publish_batch_rps: f64,
+    /// Single publishes of a type whose `data` is checked against a JSON Schema.
+    pub publish_schema_rps: f64,
     pub e2e_rps: f64,
     pub e2e_multi_rps: f64,
     pub endpoints: usize,
@@ -23,6 +25,7 @@ pub struct Report {
     pub rss_mib: f64,
     /// CPU µs per event or delivery, (posthorn, the harness), per phase.
     pub cpu_publish: Option<(f64, f64)>,
+    pub cpu_publish_schema: Option<(f64, f64)>,
     pub cpu_e2e: Option<(f64, f64)>,
     pub cpu_multi: Option<(f64, f64)>,
     pub cpu_fanout: Option<(f64, f64)>,
@@ -61,6 +64,10 @@ impl Report {
         };
         row("ceiling: direct posts to the receiver", self.ceiling_rps);
         row("publish, single (durable 202s)", self.publish_rps);
+        row(
+            "publish, single, data checked by a schema",
+            self.publish_schema_rps,
+        );
         row("publish, batches of 100 (events)", self.publish_batch_rps);
         row("end to end, 1 endpoint (deliveries)", self.e2e_rps);
         row(
@@ -101,6 +108,7 @@ impl Report {
         }
         for (name, cpu) in [
             ("single publish", self.cpu_publish),
+            ("single publish with a schema", self.cpu_publish_schema),
             ("end to end, 1 endpoint", self.cpu_e2e),
             ("end to end, many endpoints", self.cpu_multi),
             ("fan-out", self.cpu_fanout),
@@ -129,6 +137,7 @@ impl Report {
             "ceiling_rps": round(self.ceiling_rps),
             "publish_rps": round(self.publish_rps),
             "publish_batch_rps": round(self.publish_batch_rps),
+            "publish_schema_rps": round(self.publish_schema_rps),
             "e2e_rps": round(self.e2e_rps),
             "e2e_multi_rps": round(self.e2e_multi_rps),
             "endpoints": self.endpoints,
@@ -143,6 +152,7 @@ impl Report {
             "rss_mib": round(self.rss_mib),
             "cpu_us": {
                 "publish": self.cpu_publish.map(|c| round(c.0)),
+                "publish_schema": self.cpu_publish_schema.map(|c| round(c.0)),
                 "e2e": self.cpu_e2e.map(|c| round(c.0)),
                 "e2e_multi": self.cpu_multi.map(|c| round(c.0)),
                 "fanout": self.cpu_fanout.map(|c| round(c.0)),

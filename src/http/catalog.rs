@@ -1,11 +1,14 @@
 //! The event catalog: Fullstory's List Event Types and List Event Subcategories, and
 //! posthorn's admin operations to add types and mint subcategories.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::Json;
 use base64::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -15,7 +18,7 @@ use super::pagination::{self, PageParams};
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::domain::event_type::TEST_EVENT;
-use crate::domain::{EventName, EventTypeRef, OrgId, Timestamp};
+use crate::domain::{EventName, EventSchema, EventTypeRef, OrgId, Timestamp};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventTypeRecord, SubcategoryRecord};
 
@@ -106,6 +109,17 @@ pub struct EventDef {
     pub event_name: String,
     pub display_name: String,
     pub has_subcategories: bool,
+    /// The version events of this type are published under; left out while it is 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The JSON Schema (draft 2020-12) every published `data` must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// An example `data`, shown by Get Sample Data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub example: Option<Value>,
 }
 
 impl From<EventTypeRecord> for EventDef {
@@ -114,6 +128,9 @@ impl From<EventTypeRecord> for EventDef {
             event_name: r.name,
             display_name: r.display_name,
             has_subcategories: r.has_subcategories,
+            version: (r.version != 1).then_some(r.version),
+            schema: r.schema.map(|s| s.source().clone()),
+            example: r.example,
         }
     }
 }
@@ -157,6 +174,12 @@ pub struct CreateEventTypeBody {
     pub event_name: Option<String>,
     pub display_name: Option<String>,
     pub has_subcategories: Option<bool>,
+    /// A JSON Schema (draft 2020-12) for `data`; publishing checks it.
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// An example `data` (must match `schema`).
+    #[schema(value_type = Option<Object>)]
+    pub example: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -165,7 +188,7 @@ pub struct CreateSubcategoryBody {
     pub display_name: Option<String>,
 }
 
-fn display_name(raw: Option<String>) -> ApiResult<Option<String>> {
+pub(super) fn display_name(raw: Option<String>) -> ApiResult<Option<String>> {
     match raw.filter(|s| !s.trim().is_empty()) {
         Some(s) if s.chars().count() > MAX_DISPLAY_NAME => Err(ApiError::invalid(
             "displayName",
@@ -209,11 +232,18 @@ pub async fn create_event_type(
             "test is reserved for the test operation",
         ));
     }
-    let record = EventTypeRecord {
-        display_name: display_name(body.display_name)?.unwrap_or_else(|| name.as_str().to_owned()),
-        name: name.into_string(),
-        has_subcategories: body.has_subcategories.unwrap_or(false),
-    };
+    let schema = body.schema.map(compile_schema).transpose()?;
+    let example = body
+        .example
+        .map(|e| checked_example(e, schema.as_deref()))
+        .transpose()?;
+    let mut record = EventTypeRecord::new(
+        name.as_str().to_owned(),
+        display_name(body.display_name)?.unwrap_or_else(|| name.as_str().to_owned()),
+        body.has_subcategories.unwrap_or(false),
+    );
+    record.schema = schema;
+    record.example = example;
     state
         .store
         .create_event_type(caller.org(), &record, Timestamp::now())
@@ -221,8 +251,34 @@ pub async fn create_event_type(
     Ok(Json(record.into()))
 }
 
+pub(super) fn compile_schema(source: Value) -> ApiResult<Arc<EventSchema>> {
+    EventSchema::compile(source)
+        .map(Arc::new)
+        .map_err(|e| ApiError::invalid("schema", e))
+}
+
+/// An example `data`: an object, matching `schema` when there is one.
+pub(super) fn checked_example(example: Value, schema: Option<&EventSchema>) -> ApiResult<Value> {
+    if !example.is_object() {
+        return Err(ApiError::invalid(
+            "example",
+            "must be a JSON object (an event's data)",
+        ));
+    }
+    if let Some(schema) = schema {
+        schema
+            .check(&example)
+            .map_err(|e| ApiError::invalid("example", e))?;
+    }
+    Ok(example)
+}
+
 /// The event type `name` of `org`, or 404.
-async fn event_type(state: &AppState, org: &OrgId, name: &str) -> ApiResult<EventTypeRecord> {
+pub(super) async fn event_type(
+    state: &AppState,
+    org: &OrgId,
+    name: &str,
+) -> ApiResult<EventTypeRecord> {
     state
         .store
         .get_event_type(org, name)

@@ -117,7 +117,7 @@ async fn send_test(
     secrets: &[Secret],
     custom: Option<&CustomHeaders>,
 ) -> ApiResult<TestResult> {
-    let body = envelope(TEST_EVENT, &Value::Object(Default::default()))
+    let body = envelope(TEST_EVENT, 1, &Value::Object(Default::default()))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let mut id = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut id);

@@ -72,12 +72,19 @@ pub struct BatchAnswer {
     pub events: Vec<PublishAnswer>,
 }
 
-/// The exact bytes every delivery of the event sends (compact JSON).
-pub fn envelope(event_name: &str, data: &Value) -> Result<Vec<u8>, serde_json::Error> {
+/// The exact bytes every delivery of the event sends (compact JSON); `version` is the
+/// event type's when the event was published.
+pub fn envelope(
+    event_name: &str,
+    version: i64,
+    data: &Value,
+) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"{\"eventName\":");
     serde_json::to_writer(&mut out, event_name)?;
-    out.extend_from_slice(b",\"version\":1,\"data\":");
+    out.extend_from_slice(b",\"version\":");
+    out.extend_from_slice(version.to_string().as_bytes());
+    out.extend_from_slice(b",\"data\":");
     serde_json::to_writer(&mut out, data)?;
     out.push(b'}');
     Ok(out)
@@ -136,6 +143,11 @@ async fn validate(
     if !data.is_object() {
         return Err(ApiError::invalid(&field("data"), "must be a JSON object"));
     }
+    if let Some(schema) = &def.schema {
+        schema
+            .check(&data)
+            .map_err(|e| ApiError::invalid(&field("data"), e))?;
+    }
     let idempotency_key = body.idempotency_key.filter(|k| !k.is_empty());
     if idempotency_key
         .as_ref()
@@ -146,7 +158,7 @@ async fn validate(
             format_args!("must be at most {MAX_IDEMPOTENCY_KEY} bytes"),
         ));
     }
-    let body = envelope(&name, &data).map_err(|e| ApiError::Internal(e.into()))?;
+    let body = envelope(&name, def.version, &data).map_err(|e| ApiError::Internal(e.into()))?;
     let limit = state.config.delivery.max_payload_bytes;
     if body.len() > limit {
         return Err(ApiError::EventTooLarge(format!(

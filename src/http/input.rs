@@ -17,7 +17,7 @@ use super::conn::BodyTimeout;
 use crate::error::ApiError;
 
 /// Object keys whose values are user data, never renamed.
-const OPAQUE: &[&str] = &["data", "headers"];
+const OPAQUE: &[&str] = &["data", "headers", "schema", "example"];
 
 /// `event_types` → `eventTypes`; a name without underscores is returned as it is.
 pub fn to_camel(key: &str) -> String {

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pagination;
 pub mod ratelimit;
 pub mod rejections;
+pub mod schemas;
 
 use std::sync::Arc;
 
@@ -68,6 +69,7 @@ fn api() -> OpenApiRouter<AppState> {
             "/webhooks/v1",
             endpoints::router()
                 .merge(catalog::router())
+                .merge(schemas::router())
                 .merge(events::router())
                 .merge(deliveries::router())
                 .merge(endpoint_ops::router())

@@ -175,6 +175,22 @@ pub trait Admin: Send + Sync {
         event_type: &EventTypeRecord,
         now: Timestamp,
     ) -> StoreResult<()>;
+    /// Changes an event type (see `rules::type_update`) and records the version it
+    /// makes; `NotFound` when the org has no such type.
+    async fn update_event_type(
+        &self,
+        org: &OrgId,
+        name: &str,
+        change: &EventTypeChange,
+        now: Timestamp,
+    ) -> StoreResult<EventTypeRecord>;
+    /// Version `version` of an event type: its schema and example as they were.
+    async fn event_type_version(
+        &self,
+        org: &OrgId,
+        name: &str,
+        version: i64,
+    ) -> StoreResult<Option<EventTypeVersion>>;
     async fn list_subcategories(
         &self,
         org: &OrgId,

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde_json::Value;
 
 use crate::domain::{
-    ClaimToken, DeliveryId, DeliveryState, EndpointUid, ErrorClass, EventId, EventTypeRef, KeyHash,
-    OrgId, Role, Timestamp,
+    ClaimToken, DeliveryId, DeliveryState, EndpointUid, ErrorClass, EventId, EventSchema,
+    EventTypeRef, KeyHash, OrgId, Role, Timestamp,
 };
 
 /// One page of a keyset-paginated list: `next_after` is the position to pass back for
@@ -56,6 +57,41 @@ pub struct EventTypeRecord {
     pub name: String,
     pub display_name: String,
     pub has_subcategories: bool,
+    /// Raised by each change of the schema; events carry it in their envelope.
+    pub version: i64,
+    pub schema: Option<Arc<EventSchema>>,
+    pub example: Option<Value>,
+}
+
+impl EventTypeRecord {
+    /// A new type at version 1.
+    pub fn new(name: String, display_name: String, has_subcategories: bool) -> Self {
+        Self {
+            name,
+            display_name,
+            has_subcategories,
+            version: 1,
+            schema: None,
+            example: None,
+        }
+    }
+}
+
+/// A change of an event type: `None` leaves a field as it is; `Some(None)` removes the
+/// schema or the example.
+#[derive(Debug, Clone, Default)]
+pub struct EventTypeChange {
+    pub display_name: Option<String>,
+    pub schema: Option<Option<Value>>,
+    pub example: Option<Option<Value>>,
+}
+
+/// One version of an event type, for its sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTypeVersion {
+    pub version: i64,
+    pub schema: Option<Value>,
+    pub example: Option<Value>,
 }
 
 #[derive(Debug, Clone)]

@@ -11,12 +11,12 @@ use serde::Deserialize;
 
 use super::model::{
     ApiKeyRecord, AttemptView, Claimed, DeliveryRecord, EndpointRecord, EventRecord,
-    EventTypeRecord, Payload, SubcategoryRecord, Target,
+    EventTypeRecord, EventTypeVersion, Payload, SubcategoryRecord, Target,
 };
 use super::{StoreError, StoreResult};
 use crate::domain::{
-    ClaimToken, DeliveryId, DeliveryState, EndpointUid, EventId, EventTypeRef, KeyHash, OrgId,
-    Timestamp,
+    ClaimToken, DeliveryId, DeliveryState, EndpointUid, EventId, EventSchema, EventTypeRef,
+    KeyHash, OrgId, Timestamp,
 };
 
 fn org(raw: String) -> StoreResult<OrgId> {
@@ -73,15 +73,52 @@ pub(crate) struct EventTypeRow {
     pub name: String,
     pub display_name: String,
     pub has_subcategories: bool,
+    pub version: i64,
+    pub schema_json: Option<String>,
+    pub example_json: Option<String>,
 }
 
-impl From<EventTypeRow> for EventTypeRecord {
-    fn from(r: EventTypeRow) -> Self {
-        Self {
-            name: r.name,
-            display_name: r.display_name,
-            has_subcategories: r.has_subcategories,
-        }
+/// The columns of [`EventTypeRow`].
+pub(crate) const EVENT_TYPE_COLUMNS: &str =
+    "name, display_name, has_subcategories, version, schema_json, example_json";
+
+fn json(text: Option<String>) -> StoreResult<Option<serde_json::Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(StoreError::corrupt))
+        .transpose()
+}
+
+impl EventTypeRow {
+    /// The record, its schema compiled (once per catalog read: catalogs are cached).
+    pub fn into_record(self) -> StoreResult<EventTypeRecord> {
+        let schema = json(self.schema_json)?
+            .map(|s| EventSchema::compile(s).map(Arc::new))
+            .transpose()
+            .map_err(StoreError::corrupt)?;
+        Ok(EventTypeRecord {
+            name: self.name,
+            display_name: self.display_name,
+            has_subcategories: self.has_subcategories,
+            version: self.version,
+            schema,
+            example: json(self.example_json)?,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, sqlx::FromRow)]
+pub(crate) struct EventTypeVersionRow {
+    pub version: i64,
+    pub schema_json: Option<String>,
+    pub example_json: Option<String>,
+}
+
+impl EventTypeVersionRow {
+    pub fn into_version(self) -> StoreResult<EventTypeVersion> {
+        Ok(EventTypeVersion {
+            version: self.version,
+            schema: json(self.schema_json)?,
+            example: json(self.example_json)?,
+        })
     }
 }
 

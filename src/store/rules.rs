@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::model::{AttemptRecord, NewEvent, Outcome, Published};
+use super::model::{
+    AttemptRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, NewEvent, Outcome, Published,
+};
 use crate::domain::{EndpointUid, Timestamp};
 
 /// The events of a batch, with repeats of one idempotency key folded into its first use.
@@ -87,6 +89,47 @@ pub const STATS_BUCKET_MS: i64 = 5 * 60 * 1000;
 /// The bucket `t` falls in.
 pub(crate) fn stats_bucket(t: Timestamp) -> i64 {
     t.millis() - t.millis().rem_euclid(STATS_BUCKET_MS)
+}
+
+/// What an update of an event type writes (JSON as text).
+pub(crate) struct TypeUpdate {
+    pub display_name: String,
+    pub version: i64,
+    pub schema_json: Option<String>,
+    pub example_json: Option<String>,
+}
+
+/// Applies `change` to `current`: a schema that differs from the current one (given,
+/// changed or removed) raises the version; a new example or display name does not.
+pub(crate) fn type_update(current: &EventTypeRecord, change: &EventTypeChange) -> TypeUpdate {
+    let current_schema = current.schema.as_ref().map(|s| s.source().clone());
+    let schema = match &change.schema {
+        None => current_schema.clone(),
+        Some(given) => given.clone(),
+    };
+    let example = match &change.example {
+        None => current.example.clone(),
+        Some(given) => given.clone(),
+    };
+    let text = |v: Option<serde_json::Value>| v.map(|v| v.to_string());
+    TypeUpdate {
+        display_name: change
+            .display_name
+            .clone()
+            .unwrap_or_else(|| current.display_name.clone()),
+        version: current.version + i64::from(schema != current_schema),
+        schema_json: text(schema),
+        example_json: text(example),
+    }
+}
+
+/// The current version of a type as a version record.
+pub(crate) fn current_version(t: &EventTypeRecord) -> EventTypeVersion {
+    EventTypeVersion {
+        version: t.version,
+        schema: t.schema.as_ref().map(|s| s.source().clone()),
+        example: t.example.clone(),
+    }
 }
 
 #[cfg(test)]

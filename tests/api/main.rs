@@ -20,6 +20,7 @@ mod operator;
 mod ops;
 mod process;
 mod receiver;
+mod schemas;
 mod smoke;
 mod store;
 mod subscriptions;

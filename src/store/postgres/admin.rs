@@ -6,10 +6,13 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{is_unique_violation, map_err, CACHE_CHANNEL};
 use crate::domain::{KeyHash, OrgId, Timestamp};
-use crate::store::rows::{EventTypeRow, KeyRow, SubcategoryRow};
+use crate::store::rows::{
+    EventTypeRow, EventTypeVersionRow, KeyRow, SubcategoryRow, EVENT_TYPE_COLUMNS,
+};
+use crate::store::rules::{current_version, type_update};
 use crate::store::{
-    ApiKeyRecord, EventTypeRecord, KeyInsert, Page, StoreError, StoreResult, SubcategoryRecord,
-    DEFAULT_CATALOG,
+    ApiKeyRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, KeyInsert, Page, StoreError,
+    StoreResult, SubcategoryRecord, DEFAULT_CATALOG,
 };
 
 const KEY_COLUMNS: &str =
@@ -206,19 +209,37 @@ pub(super) async fn hit_rate_window(
     Ok(u32::try_from(hits).unwrap_or(u32::MAX))
 }
 
-const TYPE_COLUMNS: &str = "SELECT name, display_name, has_subcategories FROM event_types";
-
 pub(super) async fn list_types(pool: &PgPool, org: &OrgId) -> StoreResult<Vec<EventTypeRecord>> {
-    Ok(sqlx::query_as::<_, EventTypeRow>(&format!(
-        "{TYPE_COLUMNS} WHERE org_id = $1 ORDER BY created_ms, name"
+    sqlx::query_as::<_, EventTypeRow>(&format!(
+        "SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE org_id = $1 ORDER BY created_ms, name"
     ))
     .bind(org.as_str())
     .fetch_all(pool)
     .await
     .map_err(map_err)?
     .into_iter()
-    .map(EventTypeRecord::from)
-    .collect())
+    .map(EventTypeRow::into_record)
+    .collect()
+}
+
+/// The type `name` of `org`; `lock` takes its row for the rest of the transaction.
+async fn fetch_type(
+    conn: &mut sqlx::PgConnection,
+    org: &OrgId,
+    name: &str,
+    lock: bool,
+) -> StoreResult<Option<EventTypeRecord>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    sqlx::query_as::<_, EventTypeRow>(&format!(
+        "SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE org_id = $1 AND name = $2{lock}"
+    ))
+    .bind(org.as_str())
+    .bind(name)
+    .fetch_optional(conn)
+    .await
+    .map_err(map_err)?
+    .map(EventTypeRow::into_record)
+    .transpose()
 }
 
 pub(super) async fn get_type(
@@ -226,15 +247,113 @@ pub(super) async fn get_type(
     org: &OrgId,
     name: &str,
 ) -> StoreResult<Option<EventTypeRecord>> {
-    Ok(sqlx::query_as::<_, EventTypeRow>(&format!(
-        "{TYPE_COLUMNS} WHERE org_id = $1 AND name = $2"
-    ))
+    let mut conn = pool.acquire().await.map_err(map_err)?;
+    fetch_type(&mut conn, org, name, false).await
+}
+
+async fn put_version(
+    tx: &mut Transaction<'_, Postgres>,
+    org: &OrgId,
+    name: &str,
+    version: i64,
+    schema: &Option<String>,
+    example: &Option<String>,
+    now: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO event_type_versions (org_id, event_name, version, schema_json, example_json, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (org_id, event_name, version) \
+         DO UPDATE SET schema_json = excluded.schema_json, example_json = excluded.example_json",
+    )
     .bind(org.as_str())
     .bind(name)
+    .bind(version)
+    .bind(schema.as_deref())
+    .bind(example.as_deref())
+    .bind(now.millis())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) async fn update_type(
+    pool: &PgPool,
+    org: &OrgId,
+    name: &str,
+    change: &EventTypeChange,
+    now: Timestamp,
+) -> StoreResult<EventTypeRecord> {
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let current = fetch_type(&mut tx, org, name, true)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let u = type_update(&current, change);
+    sqlx::query(
+        "UPDATE event_types SET display_name = $3, version = $4, schema_json = $5, example_json = $6 \
+         WHERE org_id = $1 AND name = $2",
+    )
+    .bind(org.as_str())
+    .bind(name)
+    .bind(&u.display_name)
+    .bind(u.version)
+    .bind(u.schema_json.as_deref())
+    .bind(u.example_json.as_deref())
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    put_version(
+        &mut tx,
+        org,
+        name,
+        u.version,
+        &u.schema_json,
+        &u.example_json,
+        now,
+    )
+    .await?;
+    let updated = fetch_type(&mut tx, org, name, false)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    notify_caches(&mut tx).await?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(updated)
+}
+
+pub(super) async fn type_version(
+    pool: &PgPool,
+    org: &OrgId,
+    name: &str,
+    version: i64,
+) -> StoreResult<Option<EventTypeVersion>> {
+    let Some(current) = get_type(pool, org, name).await? else {
+        return Ok(None);
+    };
+    if version == current.version {
+        return Ok(Some(current_version(&current)));
+    }
+    if version < 1 || version > current.version {
+        return Ok(None);
+    }
+    let kept = sqlx::query_as::<_, EventTypeVersionRow>(
+        "SELECT version, schema_json, example_json FROM event_type_versions \
+         WHERE org_id = $1 AND event_name = $2 AND version = $3",
+    )
+    .bind(org.as_str())
+    .bind(name)
+    .bind(version)
     .fetch_optional(pool)
     .await
-    .map_err(map_err)?
-    .map(EventTypeRecord::from))
+    .map_err(map_err)?;
+    // A version no update recorded had neither schema nor example.
+    Ok(Some(match kept {
+        Some(row) => row.into_version()?,
+        None => EventTypeVersion {
+            version,
+            schema: None,
+            example: None,
+        },
+    }))
 }
 
 pub(super) async fn create_type(
@@ -244,15 +363,20 @@ pub(super) async fn create_type(
     now: Timestamp,
 ) -> StoreResult<()> {
     let mut tx = pool.begin().await.map_err(map_err)?;
+    let schema = t.schema.as_ref().map(|s| s.source().to_string());
+    let example = t.example.as_ref().map(ToString::to_string);
     sqlx::query(
-        "INSERT INTO event_types (org_id, name, display_name, has_subcategories, created_ms) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO event_types (org_id, name, display_name, has_subcategories, created_ms, \
+           version, schema_json, example_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(org.as_str())
     .bind(&t.name)
     .bind(&t.display_name)
     .bind(t.has_subcategories)
     .bind(now.millis())
+    .bind(t.version)
+    .bind(schema.as_deref())
+    .bind(example.as_deref())
     .execute(&mut *tx)
     .await
     .map_err(|e| {
@@ -262,6 +386,9 @@ pub(super) async fn create_type(
             map_err(e)
         }
     })?;
+    if schema.is_some() || example.is_some() {
+        put_version(&mut tx, org, &t.name, t.version, &schema, &example, now).await?;
+    }
     notify_caches(&mut tx).await?;
     tx.commit().await.map_err(map_err)
 }

@@ -4,10 +4,13 @@ use rusqlite::{params, Connection};
 
 use super::sql::{execute, first, is_unique_violation, map_err, rows, scalar};
 use crate::domain::{KeyHash, OrgId, Timestamp};
-use crate::store::rows::{EventTypeRow, KeyRow, SubcategoryRow};
+use crate::store::rows::{
+    EventTypeRow, EventTypeVersionRow, KeyRow, SubcategoryRow, EVENT_TYPE_COLUMNS,
+};
+use crate::store::rules::{current_version, type_update};
 use crate::store::{
-    ApiKeyRecord, EventTypeRecord, KeyInsert, Page, StoreError, StoreResult, SubcategoryRecord,
-    DEFAULT_CATALOG,
+    ApiKeyRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, KeyInsert, Page, StoreError,
+    StoreResult, SubcategoryRecord, DEFAULT_CATALOG,
 };
 
 const KEY_COLUMNS: &str =
@@ -137,17 +140,17 @@ pub(super) fn revoke_key(
     Ok(())
 }
 
-const TYPE_COLUMNS: &str = "SELECT name, display_name, has_subcategories FROM event_types";
-
 pub(super) fn list_types(conn: &Connection, org: &OrgId) -> StoreResult<Vec<EventTypeRecord>> {
-    Ok(rows::<EventTypeRow>(
+    rows::<EventTypeRow>(
         conn,
-        &format!("{TYPE_COLUMNS} WHERE org_id = ?1 ORDER BY created_ms, name"),
+        &format!(
+            "SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE org_id = ?1 ORDER BY created_ms, name"
+        ),
         [org.as_str()],
     )?
     .into_iter()
-    .map(EventTypeRecord::from)
-    .collect())
+    .map(EventTypeRow::into_record)
+    .collect()
 }
 
 pub(super) fn get_type(
@@ -155,12 +158,13 @@ pub(super) fn get_type(
     org: &OrgId,
     name: &str,
 ) -> StoreResult<Option<EventTypeRecord>> {
-    Ok(first::<EventTypeRow>(
+    first::<EventTypeRow>(
         conn,
-        &format!("{TYPE_COLUMNS} WHERE org_id = ?1 AND name = ?2"),
+        &format!("SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE org_id = ?1 AND name = ?2"),
         params![org.as_str(), name],
     )?
-    .map(EventTypeRecord::from))
+    .map(EventTypeRow::into_record)
+    .transpose()
 }
 
 pub(super) fn create_type(
@@ -169,9 +173,11 @@ pub(super) fn create_type(
     t: &EventTypeRecord,
     now: Timestamp,
 ) -> StoreResult<()> {
+    let schema = t.schema.as_ref().map(|s| s.source().to_string());
+    let example = t.example.as_ref().map(ToString::to_string);
     conn.prepare_cached(
-        "INSERT INTO event_types (org_id, name, display_name, has_subcategories, created_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO event_types (org_id, name, display_name, has_subcategories, created_ms, \
+           version, schema_json, example_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -179,7 +185,10 @@ pub(super) fn create_type(
             t.name,
             t.display_name,
             t.has_subcategories,
-            now.millis()
+            now.millis(),
+            t.version,
+            schema,
+            example
         ])
     })
     .map_err(|e| {
@@ -189,7 +198,96 @@ pub(super) fn create_type(
             map_err(e)
         }
     })?;
+    if schema.is_some() || example.is_some() {
+        put_version(conn, org, &t.name, t.version, &schema, &example, now)?;
+    }
     Ok(())
+}
+
+fn put_version(
+    conn: &Connection,
+    org: &OrgId,
+    name: &str,
+    version: i64,
+    schema: &Option<String>,
+    example: &Option<String>,
+    now: Timestamp,
+) -> StoreResult<()> {
+    execute(
+        conn,
+        "INSERT INTO event_type_versions (org_id, event_name, version, schema_json, example_json, created_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (org_id, event_name, version) \
+         DO UPDATE SET schema_json = excluded.schema_json, example_json = excluded.example_json",
+        params![org.as_str(), name, version, schema, example, now.millis()],
+    )?;
+    Ok(())
+}
+
+/// Runs in the writer's transaction: read, apply, write the type and its version.
+pub(super) fn update_type(
+    tx: &Connection,
+    org: &OrgId,
+    name: &str,
+    change: &EventTypeChange,
+    now: Timestamp,
+) -> StoreResult<EventTypeRecord> {
+    let current = get_type(tx, org, name)?.ok_or(StoreError::NotFound)?;
+    let u = type_update(&current, change);
+    execute(
+        tx,
+        "UPDATE event_types SET display_name = ?3, version = ?4, schema_json = ?5, example_json = ?6 \
+         WHERE org_id = ?1 AND name = ?2",
+        params![
+            org.as_str(),
+            name,
+            u.display_name,
+            u.version,
+            u.schema_json,
+            u.example_json
+        ],
+    )?;
+    put_version(
+        tx,
+        org,
+        name,
+        u.version,
+        &u.schema_json,
+        &u.example_json,
+        now,
+    )?;
+    get_type(tx, org, name)?.ok_or(StoreError::NotFound)
+}
+
+pub(super) fn type_version(
+    conn: &Connection,
+    org: &OrgId,
+    name: &str,
+    version: i64,
+) -> StoreResult<Option<EventTypeVersion>> {
+    let Some(current) = get_type(conn, org, name)? else {
+        return Ok(None);
+    };
+    if version == current.version {
+        return Ok(Some(current_version(&current)));
+    }
+    if version < 1 || version > current.version {
+        return Ok(None);
+    }
+    let kept = first::<EventTypeVersionRow>(
+        conn,
+        "SELECT version, schema_json, example_json FROM event_type_versions \
+         WHERE org_id = ?1 AND event_name = ?2 AND version = ?3",
+        params![org.as_str(), name, version],
+    )?;
+    // A version no update recorded had neither schema nor example.
+    Ok(Some(match kept {
+        Some(row) => row.into_version()?,
+        None => EventTypeVersion {
+            version,
+            schema: None,
+            example: None,
+        },
+    }))
 }
 
 const SUBCATEGORY_COLUMNS: &str = "SELECT seq, event_name, token, display_name FROM subcategories";

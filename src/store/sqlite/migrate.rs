@@ -55,6 +55,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "endpoint headers",
         sql: include_str!("../../../migrations/sqlite/0007_endpoint_headers.sql"),
     },
+    Migration {
+        version: 8,
+        description: "event type schemas",
+        sql: include_str!("../../../migrations/sqlite/0008_event_type_schemas.sql"),
+    },
 ];
 
 pub(super) fn run(conn: &mut Connection) -> anyhow::Result<()> {

@@ -36,9 +36,9 @@ use self::thread::{Readers, Writer, BUSY_TIMEOUT};
 use super::cache::Cache;
 use super::{
     Access, Admin, ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
-    DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeRecord, KeyInsert, Log,
-    NewEndpoint, Page, PublishBatch, PublishResult, Queue, Store, StoreResult, SubcategoryRecord,
-    WindowCounts,
+    DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeChange, EventTypeRecord,
+    EventTypeVersion, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult, Queue, Store,
+    StoreResult, SubcategoryRecord, WindowCounts,
 };
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
 

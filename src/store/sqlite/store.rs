@@ -256,6 +256,36 @@ impl Admin for SqliteStore {
         created
     }
 
+    async fn update_event_type(
+        &self,
+        org: &OrgId,
+        name: &str,
+        change: &EventTypeChange,
+        now: Timestamp,
+    ) -> StoreResult<EventTypeRecord> {
+        let (owned, name, change) = (org.clone(), name.to_owned(), change.clone());
+        let updated = self
+            .writer
+            .run(true, move |w| {
+                admin::update_type(w.conn, &owned, &name, &change, now)
+            })
+            .await;
+        self.cache.forget_catalog(org);
+        updated
+    }
+
+    async fn event_type_version(
+        &self,
+        org: &OrgId,
+        name: &str,
+        version: i64,
+    ) -> StoreResult<Option<EventTypeVersion>> {
+        let (org, name) = (org.clone(), name.to_owned());
+        self.readers
+            .run(move |c| admin::type_version(c, &org, &name, version))
+            .await
+    }
+
     async fn list_subcategories(
         &self,
         org: &OrgId,

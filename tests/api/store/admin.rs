@@ -67,11 +67,7 @@ async fn the_catalog_starts_with_fullstorys_types_and_pages_subcategories() {
     let types = s.list_event_types(&org()).await.expect("types");
     assert_eq!(types.len(), 6);
     assert_eq!(types[0].name, "note.created");
-    let custom = EventTypeRecord {
-        name: "invoice.paid".into(),
-        display_name: "Invoice paid".into(),
-        has_subcategories: true,
-    };
+    let custom = EventTypeRecord::new("invoice.paid".into(), "Invoice paid".into(), true);
     s.create_event_type(&org(), &custom, Timestamp::now())
         .await
         .expect("create");
