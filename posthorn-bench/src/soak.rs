@@ -94,14 +94,27 @@ async fn publish(
                     .post("/webhooks/v1/events", Some(ADMIN_KEY), body)
                     .await
                 {
-                    Ok((202, _)) => published.accepted.fetch_add(1, Ordering::Relaxed),
-                    Ok(_) => published.refused.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => {
-                        published.refused.fetch_add(1, Ordering::Relaxed);
-                        conn = Conn::open(api).await?;
-                        0
+                    Ok((202, _)) => {
+                        published.accepted.fetch_add(1, Ordering::Relaxed);
                     }
-                };
+                    Ok(_) => {
+                        published.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        // Counted as refused; the worker reconnects (retrying until
+                        // the end) rather than stopping the load.
+                        published.refused.fetch_add(1, Ordering::Relaxed);
+                        conn = loop {
+                            match Conn::open(api).await {
+                                Ok(c) => break c,
+                                Err(_) if tokio::time::Instant::now() < stop => {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        };
+                    }
+                }
             }
         });
     }
@@ -143,15 +156,19 @@ pub async fn run(args: &Args, bin: &std::path::Path, duration: Duration) -> anyh
     drop(conn);
 
     let rate = args.soak_rate;
+    // Whole intervals only, so the last one is as full as the others.
+    let interval = args.soak_interval.max(Duration::from_secs(1));
     progress(&format!(
         "soak: {} at {rate} publishes/s (60% to 1 fast endpoint, 10% to {FANOUT}, \
          20% to one answering 500, 10% to one taking 200 ms); a line every {} s",
         humantime::format_duration(duration),
-        args.soak_interval.as_secs()
+        interval.as_secs()
     ));
     counters.measure_latency.store(true, Ordering::SeqCst);
     let published = Arc::new(Published::default());
-    let stop = tokio::time::Instant::now() + duration;
+    let intervals = ((duration.as_secs_f64() / interval.as_secs_f64()) as u32).max(1);
+    let started = tokio::time::Instant::now();
+    let stop = started + interval * intervals;
     let load = tokio::spawn(publish(
         api,
         rate,
@@ -162,19 +179,17 @@ pub async fn run(args: &Args, bin: &std::path::Path, duration: Duration) -> anyh
     ));
 
     let mut samples = Vec::new();
-    let mut ticks = tokio::time::interval_at(
-        tokio::time::Instant::now() + args.soak_interval,
-        args.soak_interval,
-    );
+    let mut ticks = tokio::time::interval_at(started + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut last_published, mut last_refused, mut last_received, mut last_failed) = (0, 0, 0, 0);
-    let mut secs = 0;
     eprintln!(
         "{:>6} {:>9} {:>10} {:>8} {:>10} {:>8} {:>10} {:>10}",
         "t (s)", "RSS MiB", "p99 ms", "queue", "published", "refused", "delivered", "500s"
     );
-    while tokio::time::Instant::now() < stop {
+    for _ in 0..intervals {
         ticks.tick().await;
-        secs += args.soak_interval.as_secs();
+        // The real time: a late tick makes a longer interval, not a mislabelled one.
+        let secs = started.elapsed().as_secs();
         let latencies = std::mem::take(
             &mut *counters
                 .latencies_ns

@@ -11,9 +11,12 @@
 //! - names are matched without regard to case; two names that differ only in case
 //!   are refused;
 //! - in answers, the value of a sensitive name (`Authorization`, `Cookie`, or a name
-//!   containing `key`, `token`, `secret`, `auth`, `password`, `session`) shows as
-//!   [`MASK`]; an Update that sends [`MASK`] back for a header it has keeps the stored
-//!   value, so what a Get shows can be sent back unchanged.
+//!   containing `key`, `token`, `secret`, `auth`, `pass`, `session`, `signature`,
+//!   `credential`) shows as [`MASK`]; an Update that sends [`MASK`] back for a header
+//!   it has keeps the stored value, so what a Get shows can be sent back unchanged
+//!   ([`MASK`] for a header it does not have is refused).
+//! - Masking hides values from readers of answers, not from admins: an admin who
+//!   changes the URL keeps the headers, so they go to the new URL.
 
 use std::collections::BTreeMap;
 
@@ -45,7 +48,16 @@ const RESERVED: &[&str] = &[
     "expect",
 ];
 
-const SENSITIVE_PARTS: &[&str] = &["key", "token", "secret", "auth", "password", "session"];
+const SENSITIVE_PARTS: &[&str] = &[
+    "key",
+    "token",
+    "secret",
+    "auth",
+    "pass",
+    "session",
+    "signature",
+    "credential",
+];
 
 /// Valid custom headers, by name as given (sorted, one per name whatever its case).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,12 +76,7 @@ impl CustomHeaders {
         if given.len() > MAX_HEADERS {
             return Err(format!("may hold at most {MAX_HEADERS} headers"));
         }
-        let total: usize = given.iter().map(|(n, v)| n.len() + v.len()).sum();
-        if total > MAX_TOTAL_BYTES {
-            return Err(format!(
-                "names and values together may be at most {MAX_TOTAL_BYTES} bytes"
-            ));
-        }
+        check_total(&given)?;
         let mut seen: Vec<String> = Vec::with_capacity(given.len());
         for (name, value) in &given {
             let lower = name.to_ascii_lowercase();
@@ -109,17 +116,26 @@ impl CustomHeaders {
             .collect()
     }
 
+    /// Whether a value is [`MASK`] (to be replaced by [`CustomHeaders::keeping_masked`]).
+    pub fn has_masked(&self) -> bool {
+        self.0.values().any(|v| v == MASK)
+    }
+
     /// `self` with each value that is [`MASK`] replaced by the value `current` holds
-    /// for that name (an answer's headers sent back unchanged change nothing).
-    pub fn keeping_masked(mut self, current: &Self) -> Self {
+    /// for that name (an answer's headers sent back unchanged change nothing). A
+    /// [`MASK`] for a name `current` does not have is refused, as is a result over the
+    /// size limit.
+    pub fn keeping_masked(mut self, current: &Self) -> Result<Self, String> {
         for (name, value) in self.0.iter_mut() {
             if value == MASK {
-                if let Some(kept) = current.get(name) {
-                    kept.clone_into(value);
-                }
+                let kept = current.get(name).ok_or_else(|| {
+                    format!("gives {name} as {MASK}, but the endpoint has no {name} to keep")
+                })?;
+                kept.clone_into(value);
             }
         }
-        self
+        check_total(&self.0)?;
+        Ok(self)
     }
 
     fn get(&self, name: &str) -> Option<&String> {
@@ -141,6 +157,16 @@ impl CustomHeaders {
             })
             .collect()
     }
+}
+
+fn check_total(headers: &BTreeMap<String, String>) -> Result<(), String> {
+    let total: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if total > MAX_TOTAL_BYTES {
+        return Err(format!(
+            "names and values together may be at most {MAX_TOTAL_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -187,11 +213,19 @@ mod tests {
         assert_eq!(shown["X-Tenant"], "a");
         assert!(is_sensitive("X-Api-Key") && is_sensitive("cookie"));
         let sent_back = parse(&[("authorization", MASK), ("X-Tenant", "b")]).expect("valid");
-        let kept = sent_back.keeping_masked(&stored);
+        let kept = sent_back.keeping_masked(&stored).expect("kept");
         assert_eq!(
             kept.get("Authorization").map(String::as_str),
             Some("Bearer abc")
         );
         assert_eq!(kept.get("X-Tenant").map(String::as_str), Some("b"));
+        // A mask for a header the endpoint does not have is a mistake, not a value.
+        let typo = parse(&[("Authorisation", MASK)]).expect("valid");
+        assert!(typo.keeping_masked(&stored).is_err());
+        // Kept values count toward the size limit.
+        let long = parse(&[("X-Long", &"v".repeat(8000))]).expect("valid");
+        let grown = parse(&[("X-Long", MASK), ("X-More", &"w".repeat(4000))]).expect("valid");
+        assert!(grown.keeping_masked(&long).is_err());
+        assert!(is_sensitive("X-Hub-Signature") && is_sensitive("X-Passwd"));
     }
 }

@@ -1,15 +1,29 @@
 //! The JSON Schema of an event type: given by an admin, checked against the draft
 //! 2020-12 meta-schema and compiled once, then applied to every published `data`.
 //!
-//! Rules: a schema is a JSON object of at most [`MAX_SCHEMA_BYTES`] (compact); it may
-//! not reference anything outside itself (no remote `$ref` is fetched: posthorn never
-//! makes a request on a schema's behalf). An example, when given, must match it.
+//! Rules, so that checking an event costs bounded time whatever an admin writes:
+//! - a schema is a JSON object of at most [`MAX_SCHEMA_BYTES`] (compact);
+//! - `$ref` may only point inside the schema (`#` or `#/...`; nothing is fetched:
+//!   posthorn never makes a request on a schema's behalf), never in a cycle, and the
+//!   schema with every reference expanded has at most [`MAX_EXPANDED_NODES`] values
+//!   (a reference used twice counts twice); `$dynamicRef` and `$recursiveRef` are
+//!   refused;
+//! - at most [`MAX_PATTERNS`] regular expressions (`pattern`, `patternProperties`),
+//!   run by the `regex` crate (linear time; no look-around or back-references), each
+//!   compiled within 64 KiB;
+//! - an example, when given, must match it.
 
+use std::collections::HashMap;
 use std::fmt;
 
+use jsonschema::PatternOptions;
 use serde_json::Value;
 
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+pub const MAX_EXPANDED_NODES: usize = 10_000;
+pub const MAX_PATTERNS: usize = 100;
+/// Longest message of one mismatch (jsonschema may quote the whole value).
+const MAX_MESSAGE: usize = 300;
 
 /// A compiled schema with the JSON it was made from.
 pub struct EventSchema {
@@ -47,12 +61,26 @@ impl EventSchema {
         }
         if let Err(e) = jsonschema::draft202012::meta::validate(&source) {
             return Err(format!(
-                "is not a valid JSON Schema (draft 2020-12): at {}: {e}",
-                pointer(&e.instance_path().to_string())
+                "is not a valid JSON Schema (draft 2020-12): at {}: {}",
+                pointer(&e.instance_path().to_string()),
+                short(&e.to_string())
             ));
         }
-        let validator = jsonschema::draft202012::new(&source)
-            .map_err(|e| format!("cannot be compiled: {e}"))?;
+        let mut walk = Walk {
+            root: &source,
+            memo: HashMap::new(),
+            open: Vec::new(),
+            patterns: 0,
+        };
+        walk.size(&source)?;
+        let validator = jsonschema::draft202012::options()
+            .with_pattern_options(
+                PatternOptions::regex()
+                    .size_limit(64 * 1024)
+                    .dfa_size_limit(256 * 1024),
+            )
+            .build(&source)
+            .map_err(|e| format!("cannot be compiled: {}", short(&e.to_string())))?;
         Ok(Self { source, validator })
     }
 
@@ -66,12 +94,126 @@ impl EventSchema {
         match self.validator.validate(data) {
             Ok(()) => Ok(()),
             Err(e) => Err(format!(
-                "does not match the event type's schema: at {}: {e} (schema rule {})",
+                "does not match the event type's schema: at {}: {} (schema rule {})",
                 pointer(&e.instance_path().to_string()),
+                short(&e.to_string()),
                 pointer(&e.schema_path().to_string())
             )),
         }
     }
+}
+
+/// `text` cut to [`MAX_MESSAGE`] characters.
+fn short(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The size of a schema with its references expanded, and its patterns counted.
+struct Walk<'a> {
+    root: &'a Value,
+    /// Expanded size of each reference target already measured.
+    memo: HashMap<String, usize>,
+    /// The references being expanded (a repeat is a cycle).
+    open: Vec<String>,
+    patterns: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn size(&mut self, v: &'a Value) -> Result<usize, String> {
+        let mut n = 1;
+        match v {
+            Value::Array(items) => {
+                for item in items {
+                    n += self.size(item)?;
+                }
+            }
+            Value::Object(map) => {
+                for key in ["$dynamicRef", "$recursiveRef"] {
+                    if map.contains_key(key) {
+                        return Err(format!("may not use {key}"));
+                    }
+                }
+                if map.get("pattern").is_some_and(Value::is_string) {
+                    self.patterns += 1;
+                }
+                if let Some(Value::Object(p)) = map.get("patternProperties") {
+                    self.patterns += p.len();
+                }
+                if self.patterns > MAX_PATTERNS {
+                    return Err(format!("may hold at most {MAX_PATTERNS} patterns"));
+                }
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    n += self.reference(target)?;
+                }
+                for item in map.values() {
+                    n += self.size(item)?;
+                }
+            }
+            _ => {}
+        }
+        if n > MAX_EXPANDED_NODES {
+            return Err(format!(
+                "is too large with its $refs expanded (at most {MAX_EXPANDED_NODES} values)"
+            ));
+        }
+        Ok(n)
+    }
+
+    fn reference(&mut self, target: &str) -> Result<usize, String> {
+        let Some(fragment) = target.strip_prefix('#') else {
+            return Err(format!(
+                "$ref {target:?} points outside the schema: only #/... references are allowed"
+            ));
+        };
+        if !fragment.is_empty() && !fragment.starts_with('/') {
+            return Err(format!(
+                "$ref {target:?}: only #/... references are allowed (no anchors)"
+            ));
+        }
+        if let Some(&n) = self.memo.get(fragment) {
+            return Ok(n);
+        }
+        if self.open.iter().any(|f| f == fragment) {
+            return Err(format!(
+                "$ref {target:?} is recursive; recursive schemas are not supported"
+            ));
+        }
+        let Some(to) = self.root.pointer(&unescape(fragment)) else {
+            return Err(format!("$ref {target:?} points to nothing in the schema"));
+        };
+        self.open.push(fragment.to_owned());
+        let n = self.size(to)?;
+        self.open.pop();
+        self.memo.insert(fragment.to_owned(), n);
+        Ok(n)
+    }
+}
+
+/// A URI fragment's percent-escapes undone (JSON pointers in `$ref` are URI-encoded).
+fn unescape(fragment: &str) -> String {
+    let bytes = fragment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A JSON pointer as people read it: the root is `/`.
@@ -95,6 +237,42 @@ mod tests {
         assert!(EventSchema::compile(json!({"type": 5})).is_err());
         assert!(EventSchema::compile(json!({"$ref": "https://example.com/s.json"})).is_err());
         assert!(EventSchema::compile(json!({"type": "object"})).is_ok());
+    }
+
+    #[test]
+    fn refuses_schemas_whose_checks_would_cost_too_much() {
+        // Each level refers to the one below twice: 2^30 checks once expanded.
+        let mut defs = serde_json::Map::new();
+        defs.insert("a0".into(), json!({"type": "string"}));
+        for i in 1..30 {
+            let below = format!("#/$defs/a{}", i - 1);
+            defs.insert(
+                format!("a{i}"),
+                json!({"allOf": [{"$ref": below}, {"$ref": below}]}),
+            );
+        }
+        let doubling = json!({"$defs": defs, "$ref": "#/$defs/a29"});
+        let e = EventSchema::compile(doubling).expect_err("too large");
+        assert!(e.contains("expanded"), "{e}");
+        let cycle =
+            json!({"$defs": {"a": {"allOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"});
+        assert!(EventSchema::compile(cycle).is_err());
+        assert!(EventSchema::compile(json!({"$dynamicRef": "#x"})).is_err());
+        assert!(EventSchema::compile(json!({"$ref": "#anchor"})).is_err());
+        let patterns: serde_json::Map<String, serde_json::Value> = (0..101)
+            .map(|i| (format!("p{i}"), json!({"type": "string"})))
+            .collect();
+        assert!(EventSchema::compile(json!({"patternProperties": patterns})).is_err());
+        // Back-references need backtracking: refused at save, never run.
+        assert!(EventSchema::compile(json!({"pattern": "(a+)\\1"})).is_err());
+        // Local references, shared or not, are fine.
+        let shared = json!({
+            "$defs": {"id": {"type": "string", "pattern": "^[a-z]+$"}},
+            "properties": {"a": {"$ref": "#/$defs/id"}, "b": {"$ref": "#/$defs/id"}}
+        });
+        let schema = EventSchema::compile(shared).expect("valid");
+        assert!(schema.check(&json!({"a": "x", "b": "y"})).is_ok());
+        assert!(schema.check(&json!({"a": "X"})).is_err());
     }
 
     #[test]

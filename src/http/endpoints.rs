@@ -263,14 +263,20 @@ pub async fn update_endpoint(
         None => None,
         Some(given) => {
             let mut headers = parse_headers(given)?;
-            // A masked value sent back keeps what is stored.
-            let current = load(&state, org, &id).await?;
-            if let Some(sealed) = &current.sealed_headers {
-                let stored = state
-                    .master_key
-                    .open_headers(org, sealed)
-                    .map_err(ApiError::Internal)?;
-                headers = headers.keeping_masked(&stored);
+            // A masked value sent back keeps what is stored. (Read before the update:
+            // a concurrent Update of the same header in between is overwritten.)
+            if headers.has_masked() {
+                let current = load(&state, org, &id).await?;
+                let stored = match &current.sealed_headers {
+                    Some(sealed) => state
+                        .master_key
+                        .open_headers(org, sealed)
+                        .map_err(ApiError::Internal)?,
+                    None => CustomHeaders::default(),
+                };
+                headers = headers
+                    .keeping_masked(&stored)
+                    .map_err(|e| ApiError::invalid("headers", e))?;
             }
             Some(seal_headers(&state, org, &headers))
         }

@@ -18,12 +18,17 @@ use crate::store::{ApiKeyRecord, EventTypeRecord};
 /// Past this many entries a map is emptied and refilled on demand.
 const MAX_ENTRIES: usize = 10_000;
 
+/// One org's event types.
+type Catalog = Arc<Vec<EventTypeRecord>>;
+
 #[derive(Default)]
 pub(crate) struct Cache {
     /// Keys, and a generation bumped by every forget: a key read from the database
     /// before a revoke finished must not be cached after it.
     keys: Mutex<(HashMap<[u8; 32], ApiKeyRecord>, u64)>,
-    catalogs: Mutex<HashMap<String, Arc<Vec<EventTypeRecord>>>>,
+    /// Catalogs, and a generation bumped by every forget, as for keys: a catalog read
+    /// before a change committed must not be cached after the change forgot it.
+    catalogs: Mutex<(HashMap<String, Catalog>, u64)>,
     subcategories: Mutex<HashSet<(String, String, String)>>,
 }
 
@@ -66,26 +71,33 @@ impl Cache {
         keys.1 += 1;
     }
 
-    pub(crate) fn catalog(&self, org: &OrgId) -> Option<Arc<Vec<EventTypeRecord>>> {
+    /// The cached catalog, or the generation to hand to [`Cache::put_catalog`] after
+    /// reading it from the database.
+    pub(crate) fn catalog(&self, org: &OrgId) -> Result<Arc<Vec<EventTypeRecord>>, u64> {
         let catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
-        catalogs.get(org.as_str()).cloned()
+        catalogs.0.get(org.as_str()).cloned().ok_or(catalogs.1)
     }
 
+    /// Remembers a catalog read at `generation`, unless one was forgotten since.
     pub(crate) fn put_catalog(
         &self,
         org: &OrgId,
         types: Vec<EventTypeRecord>,
+        generation: u64,
     ) -> Arc<Vec<EventTypeRecord>> {
         let types = Arc::new(types);
         let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
-        bounded(catalogs.len(), || catalogs.clear());
-        catalogs.insert(org.as_str().to_owned(), types.clone());
+        if catalogs.1 == generation {
+            bounded(catalogs.0.len(), || catalogs.0.clear());
+            catalogs.0.insert(org.as_str().to_owned(), types.clone());
+        }
         types
     }
 
     pub(crate) fn forget_catalog(&self, org: &OrgId) {
         let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
-        catalogs.remove(org.as_str());
+        catalogs.0.remove(org.as_str());
+        catalogs.1 += 1;
     }
 
     /// Forgets everything (a notification may have been missed).
@@ -95,10 +107,11 @@ impl Cache {
             keys.0.clear();
             keys.1 += 1;
         }
-        self.catalogs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        {
+            let mut catalogs = self.catalogs.lock().unwrap_or_else(PoisonError::into_inner);
+            catalogs.0.clear();
+            catalogs.1 += 1;
+        }
         self.subcategories
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -131,6 +131,25 @@ async fn schemas_and_examples_are_checked_and_versioned() {
     app.post(&path, &json!({"example": []}))
         .await
         .assert_error(400, "invalid_field");
+    // A schema whose check would cost too much is refused at once, not run.
+    let mut defs = serde_json::Map::new();
+    defs.insert(
+        "a0".into(),
+        json!({"type": "string", "pattern": "^(a|aa)+$"}),
+    );
+    for i in 1..40 {
+        let below = format!("#/$defs/a{}", i - 1);
+        defs.insert(
+            format!("a{i}"),
+            json!({"allOf": [{"$ref": below}, {"$ref": below}]}),
+        );
+    }
+    app.post(
+        &path,
+        &json!({"schema": {"$defs": defs, "$ref": "#/$defs/a39"}}),
+    )
+    .await
+    .assert_error(400, "invalid_field");
     app.post(
         &format!("{TYPES}/no.such"),
         &json!({"schema": note_schema()}),

@@ -167,12 +167,14 @@ impl Admin for PgStore {
 
     async fn list_event_types(&self, org: &OrgId) -> StoreResult<Arc<Vec<EventTypeRecord>>> {
         let cache = self.cache();
-        if let Some(types) = cache.and_then(|c| c.catalog(org)) {
-            return Ok(types);
-        }
+        let generation = match cache.map(|c| c.catalog(org)) {
+            Some(Ok(types)) => return Ok(types),
+            Some(Err(generation)) => generation,
+            None => 0,
+        };
         let types = admin::list_types(&self.pool, org).await?;
         Ok(match cache {
-            Some(c) => c.put_catalog(org, types),
+            Some(c) => c.put_catalog(org, types, generation),
             None => Arc::new(types),
         })
     }

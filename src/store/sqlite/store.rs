@@ -217,15 +217,16 @@ impl Admin for SqliteStore {
     }
 
     async fn list_event_types(&self, org: &OrgId) -> StoreResult<Arc<Vec<EventTypeRecord>>> {
-        if let Some(types) = self.cache.catalog(org) {
-            return Ok(types);
-        }
+        let generation = match self.cache.catalog(org) {
+            Ok(types) => return Ok(types),
+            Err(generation) => generation,
+        };
         let owned = org.clone();
         let types = self
             .readers
             .run(move |c| admin::list_types(c, &owned))
             .await?;
-        Ok(self.cache.put_catalog(org, types))
+        Ok(self.cache.put_catalog(org, types, generation))
     }
 
     async fn get_event_type(

@@ -91,6 +91,11 @@ async fn answers_mask_sensitive_values_and_updates_keep_or_clear_them() {
     assert_eq!(seen[0].header("x-api-key"), "k-1");
     assert_eq!(seen[0].header("x-tenant"), "b");
 
+    // A mask for a header the endpoint does not have is refused, not stored.
+    app.post(&path, &json!({"headers": {"X-Missing": "********"}}))
+        .await
+        .assert_error(400, "invalid_field");
+
     // Absent leaves them; an empty object removes them.
     let resp = app.post(&path, &json!({"url": rx.url("/m")})).await;
     assert_eq!(resp.body["headers"]["X-Tenant"], "b", "{}", resp.text);
