@@ -228,4 +228,17 @@ mod tests {
         assert!(grown.keeping_masked(&long).is_err());
         assert!(is_sensitive("X-Hub-Signature") && is_sensitive("X-Passwd"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn what_is_accepted_makes_valid_headers(
+            given in proptest::collection::btree_map("[ -~]{0,12}", "[\\x00-\\x7f]{0,12}", 0..25)
+        ) {
+            let n = given.len();
+            if let Ok(headers) = CustomHeaders::parse(given) {
+                proptest::prop_assert_eq!(headers.to_header_pairs().len(), n);
+                proptest::prop_assert!(n <= MAX_HEADERS);
+            }
+        }
+    }
 }

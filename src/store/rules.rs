@@ -132,6 +132,29 @@ pub(crate) fn current_version(t: &EventTypeRecord) -> EventTypeVersion {
     }
 }
 
+/// Version `version` of `current` where it is known without reading the history:
+/// `Some(Some(_))` for the current version, `Some(None)` for none outside 1..=current;
+/// `None`: read it (then [`recorded_version`]).
+pub(crate) fn known_version(
+    current: &EventTypeRecord,
+    version: i64,
+) -> Option<Option<EventTypeVersion>> {
+    if version == current.version {
+        return Some(Some(current_version(current)));
+    }
+    (version < 1 || version > current.version).then_some(None)
+}
+
+/// A version as the history has it; one no update recorded had neither schema nor
+/// example (the type was created without them).
+pub(crate) fn recorded_version(version: i64, kept: Option<EventTypeVersion>) -> EventTypeVersion {
+    kept.unwrap_or(EventTypeVersion {
+        version,
+        schema: None,
+        example: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

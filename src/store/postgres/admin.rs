@@ -9,7 +9,7 @@ use crate::domain::{KeyHash, OrgId, Timestamp};
 use crate::store::rows::{
     EventTypeRow, EventTypeVersionRow, KeyRow, SubcategoryRow, EVENT_TYPE_COLUMNS,
 };
-use crate::store::rules::{current_version, type_update};
+use crate::store::rules::{known_version, recorded_version, type_update};
 use crate::store::{
     ApiKeyRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, KeyInsert, Page, StoreError,
     StoreResult, SubcategoryRecord, DEFAULT_CATALOG,
@@ -329,11 +329,8 @@ pub(super) async fn type_version(
     let Some(current) = get_type(pool, org, name).await? else {
         return Ok(None);
     };
-    if version == current.version {
-        return Ok(Some(current_version(&current)));
-    }
-    if version < 1 || version > current.version {
-        return Ok(None);
+    if let Some(known) = known_version(&current, version) {
+        return Ok(known);
     }
     let kept = sqlx::query_as::<_, EventTypeVersionRow>(
         "SELECT version, schema_json, example_json FROM event_type_versions \
@@ -344,16 +341,10 @@ pub(super) async fn type_version(
     .bind(version)
     .fetch_optional(pool)
     .await
-    .map_err(map_err)?;
-    // A version no update recorded had neither schema nor example.
-    Ok(Some(match kept {
-        Some(row) => row.into_version()?,
-        None => EventTypeVersion {
-            version,
-            schema: None,
-            example: None,
-        },
-    }))
+    .map_err(map_err)?
+    .map(EventTypeVersionRow::into_version)
+    .transpose()?;
+    Ok(Some(recorded_version(version, kept)))
 }
 
 pub(super) async fn create_type(

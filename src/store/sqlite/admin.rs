@@ -7,7 +7,7 @@ use crate::domain::{KeyHash, OrgId, Timestamp};
 use crate::store::rows::{
     EventTypeRow, EventTypeVersionRow, KeyRow, SubcategoryRow, EVENT_TYPE_COLUMNS,
 };
-use crate::store::rules::{current_version, type_update};
+use crate::store::rules::{known_version, recorded_version, type_update};
 use crate::store::{
     ApiKeyRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, KeyInsert, Page, StoreError,
     StoreResult, SubcategoryRecord, DEFAULT_CATALOG,
@@ -267,27 +267,18 @@ pub(super) fn type_version(
     let Some(current) = get_type(conn, org, name)? else {
         return Ok(None);
     };
-    if version == current.version {
-        return Ok(Some(current_version(&current)));
-    }
-    if version < 1 || version > current.version {
-        return Ok(None);
+    if let Some(known) = known_version(&current, version) {
+        return Ok(known);
     }
     let kept = first::<EventTypeVersionRow>(
         conn,
         "SELECT version, schema_json, example_json FROM event_type_versions \
          WHERE org_id = ?1 AND event_name = ?2 AND version = ?3",
         params![org.as_str(), name, version],
-    )?;
-    // A version no update recorded had neither schema nor example.
-    Ok(Some(match kept {
-        Some(row) => row.into_version()?,
-        None => EventTypeVersion {
-            version,
-            schema: None,
-            example: None,
-        },
-    }))
+    )?
+    .map(EventTypeVersionRow::into_version)
+    .transpose()?;
+    Ok(Some(recorded_version(version, kept)))
 }
 
 const SUBCATEGORY_COLUMNS: &str = "SELECT seq, event_name, token, display_name FROM subcategories";
