@@ -137,6 +137,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound => Self::NotFound,
             StoreError::Conflict(what) => Self::AlreadyExists(what),
+            StoreError::Invalid { field, why } => Self::invalid(field, why),
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Other(e) => Self::Internal(e),
         }

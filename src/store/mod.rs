@@ -41,6 +41,10 @@ pub enum StoreError {
     /// A uniqueness rule would be broken; the text says which, for the client.
     #[error("{0}")]
     Conflict(String),
+    /// A change that is not acceptable given what is stored (checked inside the
+    /// change's transaction): the field and why, for the client.
+    #[error("{field} {why}")]
+    Invalid { field: &'static str, why: String },
     /// The database cannot be reached right now (pool timeout, I/O, restart, disk full).
     #[error("store unavailable")]
     Unavailable(#[source] anyhow::Error),

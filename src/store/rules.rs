@@ -8,7 +8,8 @@ use std::time::Duration;
 use super::model::{
     AttemptRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, NewEvent, Outcome, Published,
 };
-use crate::domain::{EndpointUid, Timestamp};
+use super::{StoreError, StoreResult};
+use crate::domain::{EndpointUid, EventSchema, Timestamp};
 
 /// The events of a batch, with repeats of one idempotency key folded into its first use.
 pub(crate) struct Deduped<'a> {
@@ -101,7 +102,12 @@ pub(crate) struct TypeUpdate {
 
 /// Applies `change` to `current`: a schema that differs from the current one (given,
 /// changed or removed) raises the version; a new example or display name does not.
-pub(crate) fn type_update(current: &EventTypeRecord, change: &EventTypeChange) -> TypeUpdate {
+/// Run inside the change's transaction, it refuses an example that does not match the
+/// resulting schema (the handler checks first; this catches a concurrent change).
+pub(crate) fn type_update(
+    current: &EventTypeRecord,
+    change: &EventTypeChange,
+) -> StoreResult<TypeUpdate> {
     let current_schema = current.schema.as_ref().map(|s| s.source().clone());
     let schema = match &change.schema {
         None => current_schema.clone(),
@@ -111,8 +117,18 @@ pub(crate) fn type_update(current: &EventTypeRecord, change: &EventTypeChange) -
         None => current.example.clone(),
         Some(given) => given.clone(),
     };
+    if let (Some(schema), Some(example)) = (&schema, &example) {
+        let compiled = EventSchema::compile(schema.clone()).map_err(|why| StoreError::Invalid {
+            field: "schema",
+            why,
+        })?;
+        compiled.check(example).map_err(|why| StoreError::Invalid {
+            field: "example",
+            why: format!("{why} (the type was changed meanwhile?)"),
+        })?;
+    }
     let text = |v: Option<serde_json::Value>| v.map(|v| v.to_string());
-    TypeUpdate {
+    Ok(TypeUpdate {
         display_name: change
             .display_name
             .clone()
@@ -120,7 +136,7 @@ pub(crate) fn type_update(current: &EventTypeRecord, change: &EventTypeChange) -
         version: current.version + i64::from(schema != current_schema),
         schema_json: text(schema),
         example_json: text(example),
-    }
+    })
 }
 
 /// The current version of a type as a version record.
@@ -223,5 +239,44 @@ mod tests {
             stats_bucket(Timestamp::from_millis(STATS_BUCKET_MS + 7)),
             STATS_BUCKET_MS
         );
+    }
+
+    #[test]
+    fn a_type_update_raises_the_version_only_for_a_new_schema_and_keeps_examples_valid() {
+        use serde_json::json;
+        let mut current = EventTypeRecord::new("note.created".into(), "Note".into(), false);
+        let schema = |v| Some(Some(v));
+        let change = EventTypeChange {
+            schema: schema(json!({"required": ["title"]})),
+            example: Some(Some(json!({"title": "a"}))),
+            ..EventTypeChange::default()
+        };
+        let u = type_update(&current, &change).expect("valid");
+        assert_eq!(u.version, 2);
+        current.version = 2;
+        current.schema = Some(std::sync::Arc::new(
+            EventSchema::compile(json!({"required": ["title"]})).expect("schema"),
+        ));
+        current.example = Some(json!({"title": "a"}));
+        let example_only = EventTypeChange {
+            example: Some(Some(json!({"title": "b"}))),
+            ..EventTypeChange::default()
+        };
+        assert_eq!(
+            type_update(&current, &example_only).expect("valid").version,
+            2
+        );
+        // A schema the stored example does not match (another request changed it).
+        let stricter = EventTypeChange {
+            schema: schema(json!({"required": ["body"]})),
+            ..EventTypeChange::default()
+        };
+        assert!(matches!(
+            type_update(&current, &stricter),
+            Err(StoreError::Invalid {
+                field: "example",
+                ..
+            })
+        ));
     }
 }

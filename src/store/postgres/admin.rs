@@ -288,7 +288,7 @@ pub(super) async fn update_type(
     let current = fetch_type(&mut tx, org, name, true)
         .await?
         .ok_or(StoreError::NotFound)?;
-    let u = type_update(&current, change);
+    let u = type_update(&current, change)?;
     sqlx::query(
         "UPDATE event_types SET display_name = $3, version = $4, schema_json = $5, example_json = $6 \
          WHERE org_id = $1 AND name = $2",

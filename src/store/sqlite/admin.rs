@@ -232,7 +232,7 @@ pub(super) fn update_type(
     now: Timestamp,
 ) -> StoreResult<EventTypeRecord> {
     let current = get_type(tx, org, name)?.ok_or(StoreError::NotFound)?;
-    let u = type_update(&current, change);
+    let u = type_update(&current, change)?;
     execute(
         tx,
         "UPDATE event_types SET display_name = ?3, version = ?4, schema_json = ?5, example_json = ?6 \
