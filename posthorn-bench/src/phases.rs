@@ -308,12 +308,7 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
 
     if let Ok((200, text)) = conn.get("/metrics").await {
         let text = String::from_utf8_lossy(&text);
-        let value = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
+        let value = |name: &str| crate::soak::metric(&text, name);
         if let (Some(sum), Some(count)) = (
             value("posthorn_delivery_attempt_duration_seconds_sum"),
             value("posthorn_delivery_attempt_duration_seconds_count"),

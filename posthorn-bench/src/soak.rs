@@ -125,7 +125,7 @@ async fn publish(
 }
 
 /// The value of one unlabelled metric in a Prometheus text answer.
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.split_whitespace().next() == Some(name))
         .and_then(|l| l.split_whitespace().nth(1))

@@ -83,7 +83,7 @@ pub fn envelope(
     out.extend_from_slice(b"{\"eventName\":");
     serde_json::to_writer(&mut out, event_name)?;
     out.extend_from_slice(b",\"version\":");
-    out.extend_from_slice(version.to_string().as_bytes());
+    serde_json::to_writer(&mut out, &version)?;
     out.extend_from_slice(b",\"data\":");
     serde_json::to_writer(&mut out, data)?;
     out.push(b'}');
