@@ -85,7 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::server::serve(config, shutdown).await
         }
         Command::Migrate(db) => {
-            crate::store::open(&db, crate::store::Access::Tool).await?;
+            crate::store::open(&db, crate::store::Access::Tool, None).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -96,7 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database,
         }) => {
             let org = OrgId::parse(&org).map_err(anyhow::Error::msg)?;
-            let store = crate::store::open(&database, crate::store::Access::Tool).await?;
+            let store = crate::store::open(&database, crate::store::Access::Tool, None).await?;
             let key = ApiKey::generate();
             crate::bootstrap::create_key(&store, &org, role, name, &key).await?;
             println!("{}", key.expose());

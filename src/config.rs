@@ -50,6 +50,12 @@ pub struct ServeConfig {
     #[arg(long, env = "POSTHORN_BOOTSTRAP_ORG", default_value = "o-default")]
     pub bootstrap_org: String,
 
+    /// The operator org: its endpoints subscribed to operational events
+    /// (`endpoint.disabled`, `delivery.failed`, ...) hear of every org's endpoints, not
+    /// only its own. Unset: each org hears only of its own.
+    #[arg(long, env = "POSTHORN_OPERATOR_ORG")]
+    pub operator_org: Option<String>,
+
     /// Allow endpoint URLs on loopback and private networks (development and tests).
     #[arg(long, env = "POSTHORN_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_targets: bool,
@@ -168,6 +174,11 @@ pub struct DeliveryConfig {
     #[arg(long, env = "POSTHORN_AUTO_DISABLE_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
     pub auto_disable_after: Duration,
 
+    /// `endpoint.recovered` is sent on the first success after an endpoint's attempts
+    /// had all failed for at least this long (a shorter blip tells nobody).
+    #[arg(long, env = "POSTHORN_RECOVERED_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub recovered_after: Duration,
+
     /// Finished deliveries, their attempts and their events are deleted after this long.
     #[arg(long, env = "POSTHORN_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -193,6 +204,7 @@ impl Default for DeliveryConfig {
             lease_margin: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             auto_disable_after: Duration::from_secs(5 * 24 * 3600),
+            recovered_after: Duration::from_secs(60),
             retention: Duration::from_secs(30 * 24 * 3600),
             retention_interval: Duration::from_secs(60),
             max_payload_bytes: 256 * 1024,
@@ -265,6 +277,7 @@ impl ServeConfig {
             database: DatabaseArgs::new(database_url),
             bootstrap_key: None,
             bootstrap_org: "o-default".into(),
+            operator_org: None,
             allow_private_targets: false,
             master_key: None,
             master_key_file: None,

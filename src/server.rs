@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
 use crate::delivery::{Dispatcher, Engine};
+use crate::domain::OrgId;
 use crate::http::ratelimit::{FailedAuthLimiter, RateLimiter};
 use crate::publisher::Publisher;
 use crate::store::{Access, DynStore};
@@ -66,7 +67,14 @@ impl Server {
             Some(text) => Some(MasterKey::parse(text).context("POSTHORN_MASTER_KEY")?),
             None => None,
         };
-        let store = crate::store::open(&config.database, Access::Serve).await?;
+        let operator = config
+            .operator_org
+            .as_deref()
+            .filter(|o| !o.is_empty())
+            .map(OrgId::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("POSTHORN_OPERATOR_ORG (--operator-org) {e}"))?;
+        let store = crate::store::open(&config.database, Access::Serve, operator).await?;
         let master_key = master_key(&config, given, &store).await?;
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Engine::new(

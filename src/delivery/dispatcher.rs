@@ -21,7 +21,7 @@ use super::load::Budget;
 use super::recorder::Recorder;
 use super::Engine;
 use crate::domain::{ClaimToken, EndpointUid, Timestamp};
-use crate::store::{ClaimRequest, Claimed};
+use crate::store::{ClaimRequest, Claimed, HealthPolicy};
 
 /// Most deliveries claimed in one go.
 const CLAIM_BATCH: usize = 512;
@@ -75,7 +75,10 @@ impl Dispatcher {
         let (recorder, recorder_task) = Recorder::start(
             engine.store.clone(),
             config.max_in_flight.max(1) as usize,
-            config.auto_disable_after,
+            HealthPolicy {
+                disable_after: config.auto_disable_after,
+                recovered_after: config.recovered_after,
+            },
         );
         Self {
             lanes: Lanes::new(engine.clone(), budget.clone(), recorder.clone()),

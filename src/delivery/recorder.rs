@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::Timestamp;
-use crate::store::{AttemptRecord, DynStore, StoreError};
+use crate::store::{AttemptRecord, DynStore, HealthPolicy, StoreError};
 
 /// Tries per batch while the store is unreachable; after that the leases run out and
 /// the deliveries are attempted again (at-least-once).
@@ -34,10 +34,10 @@ impl Recorder {
     pub fn start(
         store: DynStore,
         max_unwritten: usize,
-        disable_after: Duration,
+        policy: HealthPolicy,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (outcomes, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(store, rx, max_unwritten, disable_after));
+        let task = tokio::spawn(run(store, rx, max_unwritten, policy));
         (
             Self {
                 outcomes,
@@ -68,7 +68,7 @@ async fn run(
     store: DynStore,
     mut rx: mpsc::UnboundedReceiver<Outcome>,
     batch: usize,
-    disable_after: Duration,
+    policy: HealthPolicy,
 ) {
     // Batches written at once: as many as the store says are worth it.
     let writers = Arc::new(Semaphore::new(store.write_concurrency().max(1)));
@@ -85,7 +85,7 @@ async fn run(
             queued.into_iter().unzip();
         let store = store.clone();
         writing.spawn(async move {
-            write(&store, records, disable_after).await;
+            write(&store, records, policy).await;
             drop((permits, writer));
         });
         while writing.try_join_next().is_some() {}
@@ -96,12 +96,12 @@ async fn run(
 /// Writes a batch, waiting out an unreachable store. A batch the store refuses for
 /// another reason is written record by record, so that one bad record costs only
 /// itself (its delivery is made again when its lease ends).
-async fn write(store: &DynStore, batch: Vec<AttemptRecord>, disable_after: Duration) {
+async fn write(store: &DynStore, batch: Vec<AttemptRecord>, policy: HealthPolicy) {
     let batch: Arc<[AttemptRecord]> = batch.into();
     let mut backoff = Duration::from_millis(50);
     for tries in 1..=TRIES {
         match store
-            .record_attempts(batch.clone(), Timestamp::now(), disable_after)
+            .record_attempts(batch.clone(), Timestamp::now(), policy)
             .await
         {
             Ok(()) => return,
@@ -118,11 +118,7 @@ async fn write(store: &DynStore, batch: Vec<AttemptRecord>, disable_after: Durat
                 for record in batch.iter() {
                     let delivery = record.delivery;
                     if let Err(e) = store
-                        .record_attempts(
-                            Arc::from([record.clone()]),
-                            Timestamp::now(),
-                            disable_after,
-                        )
+                        .record_attempts(Arc::from([record.clone()]), Timestamp::now(), policy)
                         .await
                     {
                         tracing::error!(error = crate::error::chain(&e), %delivery, "cannot record an attempt; the delivery is made again when its lease ends");

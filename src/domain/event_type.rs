@@ -1,4 +1,5 @@
 use serde::Serialize;
+use serde_json::Value;
 
 /// The name `test` is reserved for the test operation and is never subscribable.
 pub const TEST_EVENT: &str = "test";
@@ -40,4 +41,22 @@ pub struct EventTypeRef {
     pub event_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subcategory: Option<String>,
+}
+
+/// The exact bytes every delivery of the event sends (compact JSON); `version` is the
+/// event type's when the event was published.
+pub fn envelope(
+    event_name: &str,
+    version: i64,
+    data: &Value,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"eventName\":");
+    serde_json::to_writer(&mut out, event_name)?;
+    out.extend_from_slice(b",\"version\":");
+    serde_json::to_writer(&mut out, &version)?;
+    out.extend_from_slice(b",\"data\":");
+    serde_json::to_writer(&mut out, data)?;
+    out.push(b'}');
+    Ok(out)
 }

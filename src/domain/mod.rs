@@ -6,6 +6,7 @@ pub mod event_type;
 pub mod headers;
 pub mod ids;
 pub mod net;
+pub mod notice;
 pub mod org;
 pub mod schema;
 pub mod secret;

@@ -18,6 +18,7 @@ use super::pagination::{self, PageParams};
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::domain::event_type::TEST_EVENT;
+use crate::domain::notice::is_operational;
 use crate::domain::{EventName, EventSchema, EventTypeRef, OrgId, Timestamp};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventTypeRecord, SubcategoryRecord};
@@ -63,14 +64,18 @@ pub async fn validate_subscriptions(
                 "test is not subscribable; it is sent by the test operation",
             ));
         }
-        let Some(def) = catalog.iter().find(|t| t.name == name) else {
+        let subcategory = input.subcategory.filter(|s| !s.is_empty());
+        let has_subcategories = if is_operational(&name) {
+            false
+        } else if let Some(def) = catalog.iter().find(|t| t.name == name) {
+            def.has_subcategories
+        } else {
             return Err(ApiError::invalid(
                 &format!("{field}.eventName"),
                 format_args!("{name:?} is not an event type of this org"),
             ));
         };
-        let subcategory = input.subcategory.filter(|s| !s.is_empty());
-        match (&subcategory, def.has_subcategories) {
+        match (&subcategory, has_subcategories) {
             (None, true) => {
                 return Err(ApiError::RequiredField(format!(
                     "{field}.subcategory (event type {name} has subcategories)"
@@ -230,6 +235,15 @@ pub async fn create_event_type(
         return Err(ApiError::invalid(
             "eventName",
             "test is reserved for the test operation",
+        ));
+    }
+    if is_operational(name.as_str()) {
+        return Err(ApiError::invalid(
+            "eventName",
+            format_args!(
+                "{name} is reserved for posthorn's operational events",
+                name = name.as_str()
+            ),
         ));
     }
     let schema = body.schema.map(compile_schema).transpose()?;

@@ -15,12 +15,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, Authorized};
 use super::endpoints::{checked_url, load, parse_headers, parse_secret};
-use super::events::envelope;
 use super::input::{JsonBody, PathParam};
 use super::ErrorBody;
 use crate::app::AppState;
 use crate::delivery::{attempt, sign};
-use crate::domain::event_type::TEST_EVENT;
+use crate::domain::event_type::{envelope, TEST_EVENT};
 use crate::domain::{CustomHeaders, ErrorClass, OrgId, Secret, Timestamp};
 use crate::error::{ApiError, ApiResult};
 

@@ -17,7 +17,8 @@ use super::auth::{Authorized, Publishers};
 use super::input::JsonBody;
 use super::ErrorBody;
 use crate::app::AppState;
-use crate::domain::event_type::TEST_EVENT;
+use crate::domain::event_type::{envelope, TEST_EVENT};
+use crate::domain::notice::is_operational;
 use crate::domain::{EventId, OrgId, Timestamp};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventTypeRecord, NewEvent, Published};
@@ -72,24 +73,6 @@ pub struct BatchAnswer {
     pub events: Vec<PublishAnswer>,
 }
 
-/// The exact bytes every delivery of the event sends (compact JSON); `version` is the
-/// event type's when the event was published.
-pub fn envelope(
-    event_name: &str,
-    version: i64,
-    data: &Value,
-) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(b"{\"eventName\":");
-    serde_json::to_writer(&mut out, event_name)?;
-    out.extend_from_slice(b",\"version\":");
-    serde_json::to_writer(&mut out, &version)?;
-    out.extend_from_slice(b",\"data\":");
-    serde_json::to_writer(&mut out, data)?;
-    out.push(b'}');
-    Ok(out)
-}
-
 /// Checks one event against the catalog and limits; `at` prefixes field names.
 async fn validate(
     state: &AppState,
@@ -107,6 +90,12 @@ async fn validate(
         return Err(ApiError::invalid(
             &field("eventName"),
             "test is sent only by the test operation",
+        ));
+    }
+    if is_operational(&name) {
+        return Err(ApiError::invalid(
+            &field("eventName"),
+            format_args!("{name} is posthorn's own operational event; only posthorn sends it"),
         ));
     }
     let Some(def) = catalog.iter().find(|t| t.name == name) else {

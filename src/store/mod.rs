@@ -15,6 +15,7 @@
 
 mod cache;
 pub mod model;
+mod notices;
 pub mod postgres;
 mod rows;
 pub(crate) mod rules;
@@ -89,13 +90,15 @@ pub trait Queue: Send + Sync {
     /// Leases due deliveries (see [`ClaimRequest`]).
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>>;
     /// Records attempts and applies their outcomes (where the claim token still
-    /// matches), in one transaction, with the endpoints' health and statistics. An
-    /// endpoint whose attempts have all failed for `disable_after` is disabled.
+    /// matches), in one transaction, with the endpoints' health and statistics, and the
+    /// operational events they make (`delivery.failed`, `endpoint.recovered`,
+    /// `endpoint.disabled`). An endpoint whose attempts have all failed for the
+    /// policy's `disable_after` is disabled.
     async fn record_attempts(
         &self,
         records: Arc<[AttemptRecord]>,
         now: Timestamp,
-        disable_after: std::time::Duration,
+        policy: HealthPolicy,
     ) -> StoreResult<()>;
     /// Makes claimed deliveries due again at `at` (shutdown, or no room to attempt them).
     async fn release(
@@ -217,6 +220,9 @@ pub trait Admin: Send + Sync {
         now: Timestamp,
     ) -> StoreResult<SubcategoryRecord>;
 
+    /// Endpoint changes store their operational events (`endpoint.created`, ...) in
+    /// their own transaction.
+    ///
     /// Fails with `Conflict` when the org has a live endpoint with that URL.
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord>;
     async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord>;
@@ -318,14 +324,21 @@ pub async fn backup(
     tokio::task::spawn_blocking(move || sqlite::backup::run(&url, &to)).await?
 }
 
-/// Opens the store named by `db` (applying migrations).
-pub async fn open(db: &crate::config::DatabaseArgs, access: Access) -> anyhow::Result<DynStore> {
+/// Opens the store named by `db` (applying migrations). Operational events are also
+/// stored in the `operator` org, when one is given.
+pub async fn open(
+    db: &crate::config::DatabaseArgs,
+    access: Access,
+    operator: Option<OrgId>,
+) -> anyhow::Result<DynStore> {
     let url = db.database_url.as_str();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url, access).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(url, access, operator).await?,
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            postgres::PgStore::connect(url, db.pool_size).await?,
+            postgres::PgStore::connect(url, db.pool_size, operator).await?,
         ))
     } else {
         anyhow::bail!(

@@ -275,6 +275,16 @@ impl ClaimRequest {
     }
 }
 
+/// How outcomes change an endpoint's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    /// An endpoint whose attempts have all failed for this long is disabled.
+    pub disable_after: std::time::Duration,
+    /// The first success after every attempt failed for at least this long is told as
+    /// `endpoint.recovered`.
+    pub recovered_after: std::time::Duration,
+}
+
 /// What became of a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

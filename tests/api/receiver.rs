@@ -106,9 +106,14 @@ async fn handle(
 
 impl TestReceiver {
     pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    /// A receiver on `port` of 127.0.0.1 (0: any free port).
+    pub async fn start_on(port: u16) -> Self {
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new().fallback(handle).with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("addr");

@@ -2,8 +2,9 @@
 
 use sqlx::{PgConnection, PgPool};
 
-use super::{is_unique_violation, map_err};
+use super::{is_unique_violation, map_err, notices};
 use crate::domain::{EndpointUid, EventTypeRef, OrgId, Timestamp};
+use crate::store::notices::{self as told, DeletedRow};
 use crate::store::rows::{attach_subscriptions, EndpointRow, SubscriptionRow, ENDPOINT_COLUMNS};
 use crate::store::{
     EndpointPatch, EndpointRecord, NewEndpoint, Page, StoreError, StoreResult, WILDCARD,
@@ -100,7 +101,11 @@ async fn fetch_live(
     .into_record()
 }
 
-pub(super) async fn create(pool: &PgPool, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
+pub(super) async fn create(
+    pool: &PgPool,
+    new: &NewEndpoint,
+    operator: Option<&OrgId>,
+) -> StoreResult<EndpointRecord> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     sqlx::query(
         "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers) \
@@ -118,6 +123,10 @@ pub(super) async fn create(pool: &PgPool, new: &NewEndpoint) -> StoreResult<Endp
     let mut endpoint = fetch_live(&mut tx, &new.org_id, &new.url).await?;
     write_subscriptions(&mut tx, &new.org_id, endpoint.uid, &new.event_types).await?;
     load_subscriptions(&mut tx, &new.org_id, std::slice::from_mut(&mut endpoint)).await?;
+    let made = told::endpoint_saved(None, &endpoint, new.now);
+    notices::store(&mut tx, &made, operator, new.now)
+        .await
+        .map_err(map_err)?;
     tx.commit().await.map_err(map_err)?;
     Ok(endpoint)
 }
@@ -159,6 +168,7 @@ pub(super) async fn update(
     org: &OrgId,
     url: &str,
     patch: &EndpointPatch,
+    operator: Option<&OrgId>,
 ) -> StoreResult<EndpointRecord> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     let current = fetch_live(&mut tx, org, url).await?;
@@ -188,6 +198,10 @@ pub(super) async fn update(
     }
     let mut endpoint = fetch_live(&mut tx, org, new_url).await?;
     load_subscriptions(&mut tx, org, std::slice::from_mut(&mut endpoint)).await?;
+    let made = told::endpoint_saved(Some(&current), &endpoint, patch.now);
+    notices::store(&mut tx, &made, operator, patch.now)
+        .await
+        .map_err(map_err)?;
     tx.commit().await.map_err(map_err)?;
     Ok(endpoint)
 }
@@ -197,21 +211,25 @@ pub(super) async fn delete(
     org: &OrgId,
     url: &str,
     now: Timestamp,
+    operator: Option<&OrgId>,
 ) -> StoreResult<()> {
-    let done = sqlx::query(
-        "UPDATE endpoints SET deleted_ms = $1, enabled = FALSE WHERE org_id = $2 AND url = $3 AND deleted_ms IS NULL",
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let deleted = sqlx::query_as::<_, DeletedRow>(
+        "UPDATE endpoints SET deleted_ms = $1, enabled = FALSE WHERE org_id = $2 AND url = $3 AND deleted_ms IS NULL \
+         RETURNING uid, org_id, url",
     )
     .bind(now.millis())
     .bind(org.as_str())
     .bind(url)
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(map_err)?
-    .rows_affected();
-    if done == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    .ok_or(StoreError::NotFound)?;
+    let made = [told::endpoint_deleted(&deleted, now)?];
+    notices::store(&mut tx, &made, operator, now)
+        .await
+        .map_err(map_err)?;
+    tx.commit().await.map_err(map_err)
 }
 
 pub(super) async fn rotate_secret(

@@ -18,6 +18,7 @@ mod admin;
 mod endpoints;
 mod listen;
 mod log;
+mod notices;
 mod publish;
 mod queue;
 mod store;
@@ -38,8 +39,8 @@ use super::cache::Cache;
 use super::{
     Admin, ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
     DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeChange, EventTypeRecord,
-    EventTypeVersion, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult, Queue, Store,
-    StoreError, StoreResult, SubcategoryRecord, WindowCounts,
+    EventTypeVersion, HealthPolicy, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult,
+    Queue, Store, StoreError, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
 
@@ -58,6 +59,8 @@ pub struct PgStore {
     /// True while the LISTEN connection is up: only then is the cache trusted.
     listening: AtomicBool,
     wake: Arc<Notify>,
+    /// Where operational events are stored besides their own org.
+    operator: Option<OrgId>,
 }
 
 /// Maps a driver error to the store's error kinds: connection trouble is
@@ -113,7 +116,11 @@ where
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        pool_size: u32,
+        operator: Option<OrgId>,
+    ) -> anyhow::Result<Self> {
         // JIT compilation costs tens of milliseconds per execution of the queue's
         // statements (their estimates cross jit_above_cost) and saves nothing on them.
         let options: PgConnectOptions = url
@@ -146,6 +153,7 @@ impl PgStore {
             cache: Cache::default(),
             listening: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
+            operator,
         })
     }
 

@@ -1,15 +1,17 @@
 //! The delivery queue on PostgreSQL: claims, outcomes, releases, parking, retries,
 //! recovery, retention. (Publishing is in `publish.rs`.)
 
-use std::time::Duration;
-
 use sqlx::PgPool;
 
+use super::notices;
 use super::{map_err, retrying, WORK_CHANNEL};
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
+use crate::store::notices::{millis, FailedRow, StandingRow, FAILED_COLUMNS};
 use crate::store::rows::ClaimRow;
-use crate::store::rules;
-use crate::store::{AttemptRecord, ClaimRequest, StoreResult, DOUBLE_CLICK_MS};
+use crate::store::rules::{self, Health};
+use crate::store::{
+    AttemptRecord, ClaimRequest, HealthPolicy, Outcome, StoreError, StoreResult, DOUBLE_CLICK_MS,
+};
 
 /// Claims in one statement: lock due rows (skipping rows other nodes hold and
 /// endpoints full here), keep at most each endpoint's room, lease them, and return
@@ -57,71 +59,158 @@ pub(super) async fn claim_due(
 /// where a generic plan would otherwise hash-join a scan of the whole table), the
 /// statistics of what finished, and the endpoints' health with auto-disable. One
 /// statement, so a reader never sees a delivery finished and not yet counted.
+///
+/// A batch that makes an operational event (a schedule used up, an endpoint disabled
+/// or recovered) is written in a transaction with its events. Most batches make none,
+/// so the statement first runs alone with a guard (`$19` false): if, as it finds the
+/// endpoints, one would be disabled or recovered, it writes nothing and says so, and
+/// the batch is written again the slow way.
 pub(super) async fn record_attempts(
     pool: &PgPool,
     records: &[AttemptRecord],
     now: Timestamp,
-    disable_after: Duration,
+    policy: &HealthPolicy,
+    operator: Option<&OrgId>,
 ) -> StoreResult<()> {
     let health = rules::health(records);
-    let cutoff = now.millis() - i64::try_from(disable_after.as_millis()).unwrap_or(i64::MAX);
-    retrying(|| {
-        sqlx::query(
-            "WITH x AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
+    let used_up = records
+        .iter()
+        .any(|r| r.outcome == Outcome::Failed && r.attempt_no.is_some());
+    if !used_up {
+        let written =
+            retrying(|| outcomes(records, &health, now, policy, false).fetch_one(pool)).await?;
+        if written.0 {
+            return Ok(());
+        }
+    }
+    retrying(|| record_telling(pool, records, &health, now, policy, operator)).await
+}
+
+/// What the outcome statement returns: whether it wrote anything, the deliveries whose
+/// schedule it used up, and the endpoints it left disabled.
+type Written = (bool, Vec<i64>, Vec<i64>);
+
+/// The batch and its operational events, in one transaction.
+async fn record_telling(
+    pool: &PgPool,
+    records: &[AttemptRecord],
+    health: &[Health],
+    now: Timestamp,
+    policy: &HealthPolicy,
+    operator: Option<&OrgId>,
+) -> Result<(), sqlx::Error> {
+    let corrupt = |e: StoreError| sqlx::Error::Decode(e.into());
+    let mut tx = pool.begin().await?;
+    let before = sqlx::query_as::<_, StandingRow>(
+        "SELECT uid, org_id, url, enabled, failing_since_ms FROM endpoints \
+         WHERE uid = ANY($1) ORDER BY uid FOR UPDATE",
+    )
+    .bind(health.iter().map(|h| h.endpoint.0).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let (_, used_up, disabled): Written = outcomes(records, health, now, policy, true)
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut made = Vec::new();
+    if !used_up.is_empty() {
+        let failed = sqlx::query_as::<_, FailedRow>(&format!(
+            "SELECT {FAILED_COLUMNS} FROM deliveries d JOIN events ev ON ev.seq = d.event_seq \
+             JOIN endpoints e ON e.uid = d.endpoint_uid WHERE d.id = ANY($1) ORDER BY d.id"
+        ))
+        .bind(&used_up)
+        .fetch_all(&mut *tx)
+        .await?;
+        for f in &failed {
+            made.extend(f.notice(now).map_err(corrupt)?);
+        }
+    }
+    let reason = rules::auto_disable_reason(policy.disable_after);
+    for (b, h) in before.iter().filter_map(|b| {
+        let h = health.iter().find(|h| h.endpoint.0 == b.uid)?;
+        Some((b, h))
+    }) {
+        if b.enabled && disabled.contains(&b.uid) {
+            made.push(b.disabled(&reason, now).map_err(corrupt)?);
+        }
+        made.extend(b.recovered(h, now, policy).map_err(corrupt)?);
+    }
+    notices::store(&mut tx, &made, operator, now).await?;
+    tx.commit().await
+}
+
+/// The outcome statement; with `telling` false it writes nothing when an endpoint of
+/// the batch would be disabled or recovered (see [`record_attempts`]).
+fn outcomes<'q>(
+    records: &'q [AttemptRecord],
+    health: &'q [Health],
+    now: Timestamp,
+    policy: &HealthPolicy,
+    telling: bool,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Written, sqlx::postgres::PgArguments> {
+    let cutoff = now.millis() - millis(policy.disable_after);
+    let recovered_by = now.millis() - millis(policy.recovered_after);
+    sqlx::query_as::<_, Written>(
+        "WITH h AS (SELECT * FROM UNNEST($14::BIGINT[], $15::BOOL[], $16::BIGINT[]) AS h(uid, ok, failing_from)), \
+         go AS (SELECT $19 OR NOT EXISTS ( \
+                  SELECT 1 FROM h JOIN endpoints e ON e.uid = h.uid \
+                  WHERE (h.ok AND e.failing_since_ms <= $20) \
+                     OR (NOT h.ok AND e.enabled AND COALESCE(e.failing_since_ms, h.failing_from) <= $17)) AS go), \
+         x AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
                           $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[]) \
                         AS x(delivery_id, token, attempt_no, started_ms, latency_ms, status_code, error, error_class, \
-                             response_body, state, next_ms)), \
-             a AS (INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
-                     error_class, response_body) \
-                   SELECT delivery_id, attempt_no, started_ms, latency_ms, status_code, error, error_class, response_body \
-                   FROM x WHERE attempt_no IS NOT NULL), \
-             u AS (UPDATE deliveries d SET state = x.state, next_attempt_ms = COALESCE(x.next_ms, d.next_attempt_ms), \
-                     attempts = COALESCE(x.attempt_no, d.attempts), claim_token = NULL, last_status = x.status_code, \
-                     last_error = x.error, updated_ms = $12 \
-                   FROM x WHERE d.id = ANY($1::BIGINT[]) AND d.id = x.delivery_id AND d.claim_token = x.token \
-                   RETURNING d.endpoint_uid, d.state), \
-             s AS (INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) \
-                   SELECT endpoint_uid, $13, COUNT(*) FILTER (WHERE state = 'delivered'), \
-                          COUNT(*) FILTER (WHERE state = 'failed') \
-                   FROM u WHERE state <> 'pending' GROUP BY endpoint_uid \
-                   ON CONFLICT (endpoint_uid, bucket_ms) DO UPDATE SET \
-                     delivered = endpoint_stats.delivered + excluded.delivered, \
-                     failed = endpoint_stats.failed + excluded.failed), \
-             h AS (SELECT * FROM UNNEST($14::BIGINT[], $15::BOOL[], $16::BIGINT[]) AS h(uid, ok, failing_from)), \
-             e AS (UPDATE endpoints e SET \
-                     last_success_ms = CASE WHEN h.ok THEN $12 ELSE e.last_success_ms END, \
-                     last_failure_ms = CASE WHEN h.ok THEN e.last_failure_ms ELSE $12 END, \
-                     failing_since_ms = CASE WHEN h.ok THEN NULL ELSE COALESCE(e.failing_since_ms, h.failing_from) END, \
-                     enabled = e.enabled AND (h.ok OR COALESCE(e.failing_since_ms, h.failing_from) > $17), \
-                     disabled_ms = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $17 \
-                                        THEN $12 ELSE e.disabled_ms END, \
-                     disabled_reason = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $17 \
-                                            THEN $18 ELSE e.disabled_reason END \
-                   FROM h WHERE e.uid = h.uid) \
-             SELECT COUNT(*) FROM u",
-        )
-        .bind(records.iter().map(|r| r.delivery.0).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.token.0).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.attempt_no.map(i64::from)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.started.millis()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| i64::try_from(r.latency_ms).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.error_class.map(|c| c.as_str())).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.response_body.as_deref()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.outcome.state().as_str()).collect::<Vec<_>>())
-        .bind(records.iter().map(|r| r.outcome.next_attempt().map(Timestamp::millis)).collect::<Vec<_>>())
-        .bind(now.millis())
-        .bind(rules::stats_bucket(now))
-        .bind(health.iter().map(|h| h.endpoint.0).collect::<Vec<_>>())
-        .bind(health.iter().map(|h| h.succeeded).collect::<Vec<_>>())
-        .bind(health.iter().map(|h| h.failing_from.map(Timestamp::millis)).collect::<Vec<_>>())
-        .bind(cutoff)
-        .bind(rules::auto_disable_reason(disable_after))
-        .execute(pool)
-    })
-    .await?;
-    Ok(())
+                             response_body, state, next_ms) \
+               WHERE (SELECT go FROM go)), \
+         a AS (INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
+                 error_class, response_body) \
+               SELECT delivery_id, attempt_no, started_ms, latency_ms, status_code, error, error_class, response_body \
+               FROM x WHERE attempt_no IS NOT NULL), \
+         u AS (UPDATE deliveries d SET state = x.state, next_attempt_ms = COALESCE(x.next_ms, d.next_attempt_ms), \
+                 attempts = COALESCE(x.attempt_no, d.attempts), claim_token = NULL, last_status = x.status_code, \
+                 last_error = x.error, updated_ms = $12 \
+               FROM x WHERE d.id = ANY($1::BIGINT[]) AND d.id = x.delivery_id AND d.claim_token = x.token \
+               RETURNING d.id, d.endpoint_uid, d.state, x.attempt_no), \
+         s AS (INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) \
+               SELECT endpoint_uid, $13, COUNT(*) FILTER (WHERE state = 'delivered'), \
+                      COUNT(*) FILTER (WHERE state = 'failed') \
+               FROM u WHERE state <> 'pending' GROUP BY endpoint_uid \
+               ON CONFLICT (endpoint_uid, bucket_ms) DO UPDATE SET \
+                 delivered = endpoint_stats.delivered + excluded.delivered, \
+                 failed = endpoint_stats.failed + excluded.failed), \
+         e AS (UPDATE endpoints e SET \
+                 last_success_ms = CASE WHEN h.ok THEN $12 ELSE e.last_success_ms END, \
+                 last_failure_ms = CASE WHEN h.ok THEN e.last_failure_ms ELSE $12 END, \
+                 failing_since_ms = CASE WHEN h.ok THEN NULL ELSE COALESCE(e.failing_since_ms, h.failing_from) END, \
+                 enabled = e.enabled AND (h.ok OR COALESCE(e.failing_since_ms, h.failing_from) > $17), \
+                 disabled_ms = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $17 \
+                                    THEN $12 ELSE e.disabled_ms END, \
+                 disabled_reason = CASE WHEN e.enabled AND NOT h.ok AND COALESCE(e.failing_since_ms, h.failing_from) <= $17 \
+                                        THEN $18 ELSE e.disabled_reason END \
+               FROM h WHERE e.uid = h.uid AND (SELECT go FROM go) \
+               RETURNING e.uid, e.enabled) \
+         SELECT (SELECT go FROM go), \
+                ARRAY(SELECT id FROM u WHERE state = 'failed' AND attempt_no IS NOT NULL), \
+                ARRAY(SELECT uid FROM e WHERE NOT enabled)",
+    )
+    .bind(records.iter().map(|r| r.delivery.0).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.token.0).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.attempt_no.map(i64::from)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.started.millis()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| i64::try_from(r.latency_ms).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.status_code.map(i64::from)).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.error_class.map(|c| c.as_str())).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.response_body.as_deref()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.outcome.state().as_str()).collect::<Vec<_>>())
+    .bind(records.iter().map(|r| r.outcome.next_attempt().map(Timestamp::millis)).collect::<Vec<_>>())
+    .bind(now.millis())
+    .bind(rules::stats_bucket(now))
+    .bind(health.iter().map(|h| h.endpoint.0).collect::<Vec<_>>())
+    .bind(health.iter().map(|h| h.succeeded).collect::<Vec<_>>())
+    .bind(health.iter().map(|h| h.failing_from.map(Timestamp::millis)).collect::<Vec<_>>())
+    .bind(cutoff)
+    .bind(rules::auto_disable_reason(policy.disable_after))
+    .bind(telling)
+    .bind(recovered_by)
 }
 
 /// Makes claimed deliveries due at `at`; returns how many were released.

@@ -28,9 +28,16 @@ impl Queue for PgStore {
         &self,
         records: Arc<[AttemptRecord]>,
         now: Timestamp,
-        disable_after: Duration,
+        policy: HealthPolicy,
     ) -> StoreResult<()> {
-        queue::record_attempts(&self.queue_pool, &records, now, disable_after).await
+        queue::record_attempts(
+            &self.queue_pool,
+            &records,
+            now,
+            &policy,
+            self.operator.as_ref(),
+        )
+        .await
     }
 
     async fn release(
@@ -258,7 +265,7 @@ impl Admin for PgStore {
     }
 
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
-        endpoints::create(&self.pool, new).await
+        endpoints::create(&self.pool, new, self.operator.as_ref()).await
     }
 
     async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
@@ -280,11 +287,11 @@ impl Admin for PgStore {
         url: &str,
         patch: &EndpointPatch,
     ) -> StoreResult<EndpointRecord> {
-        endpoints::update(&self.pool, org, url, patch).await
+        endpoints::update(&self.pool, org, url, patch, self.operator.as_ref()).await
     }
 
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
-        endpoints::delete(&self.pool, org, url, now).await
+        endpoints::delete(&self.pool, org, url, now, self.operator.as_ref()).await
     }
 
     async fn rotate_secret(

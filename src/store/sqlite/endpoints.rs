@@ -4,6 +4,7 @@ use rusqlite::{params, Connection};
 
 use super::sql::{execute, first, is_unique_violation, map_err, rows};
 use crate::domain::{EndpointUid, EventTypeRef, OrgId, Timestamp};
+use crate::store::notices::DeletedRow;
 use crate::store::rows::{attach_subscriptions, EndpointRow, SubscriptionRow, ENDPOINT_COLUMNS};
 use crate::store::{
     EndpointPatch, EndpointRecord, NewEndpoint, Page, StoreError, StoreResult, WILDCARD,
@@ -144,12 +145,13 @@ pub(super) fn list(
     Ok(page)
 }
 
+/// The endpoint before and after the update.
 pub(super) fn update(
     tx: &Connection,
     org: &OrgId,
     url: &str,
     patch: &EndpointPatch,
-) -> StoreResult<EndpointRecord> {
+) -> StoreResult<(EndpointRecord, EndpointRecord)> {
     let current = fetch_live(tx, org, url)?;
     let new_url = patch.url.as_deref().unwrap_or(url);
     tx.prepare_cached(
@@ -179,19 +181,22 @@ pub(super) fn update(
     }
     let mut endpoint = fetch_live(tx, org, new_url)?;
     load_subscriptions(tx, org, std::slice::from_mut(&mut endpoint))?;
-    Ok(endpoint)
+    Ok((current, endpoint))
 }
 
-pub(super) fn delete(conn: &Connection, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
-    let done = execute(
+pub(super) fn delete(
+    conn: &Connection,
+    org: &OrgId,
+    url: &str,
+    now: Timestamp,
+) -> StoreResult<DeletedRow> {
+    first::<DeletedRow>(
         conn,
-        "UPDATE endpoints SET deleted_ms = ?1, enabled = 0 WHERE org_id = ?2 AND url = ?3 AND deleted_ms IS NULL",
+        "UPDATE endpoints SET deleted_ms = ?1, enabled = 0 WHERE org_id = ?2 AND url = ?3 AND deleted_ms IS NULL \
+         RETURNING uid, org_id, url",
         params![now.millis(), org.as_str(), url],
-    )?;
-    if done == 0 {
-        return Err(StoreError::NotFound);
-    }
-    Ok(())
+    )?
+    .ok_or(StoreError::NotFound)
 }
 
 pub(super) fn rotate_secret(

@@ -15,6 +15,7 @@ pub mod backup;
 mod endpoints;
 mod log;
 mod migrate;
+mod notices;
 mod publish;
 mod queue;
 mod retention;
@@ -25,7 +26,6 @@ mod thread;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -37,8 +37,8 @@ use super::cache::Cache;
 use super::{
     Access, Admin, ApiKeyRecord, AttemptRecord, AttemptView, ClaimRequest, Claimed, DeliveryFilter,
     DeliveryRecord, EndpointPatch, EndpointRecord, EventRecord, EventTypeChange, EventTypeRecord,
-    EventTypeVersion, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult, Queue, Store,
-    StoreResult, SubcategoryRecord, WindowCounts,
+    EventTypeVersion, HealthPolicy, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult,
+    Queue, Store, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
 
@@ -50,6 +50,8 @@ pub struct SqliteStore {
     wake: Arc<Notify>,
     /// Held while serving: one process per file.
     _lock: Option<File>,
+    /// Where operational events are stored besides their own org.
+    operator: Option<OrgId>,
 }
 
 /// The file an SQLite URL names (`sqlite://FILE` or `sqlite:FILE`, options after `?`
@@ -138,7 +140,7 @@ fn open_writer(path: &Path) -> anyhow::Result<Connection> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies migrations.
-    pub async fn open(url: &str, access: Access) -> anyhow::Result<Self> {
+    pub async fn open(url: &str, access: Access, operator: Option<OrgId>) -> anyhow::Result<Self> {
         let path = file_of(url)?;
         let opened = {
             let path = path.clone();
@@ -167,6 +169,7 @@ impl SqliteStore {
             cache: Default::default(),
             wake,
             _lock: lock,
+            operator,
         })
     }
 }

@@ -3,19 +3,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
+use super::notices;
 use super::sql::{execute, first, pairs, rows};
 use super::thread::{Caches, Write};
+use crate::domain::notice::Notice;
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
+use crate::store::notices::{millis, FailedRow, StandingRow, FAILED_COLUMNS};
 use crate::store::rows::{TargetRow, TARGET_COLUMNS};
 use crate::store::rules;
 use crate::store::{
-    AttemptRecord, ClaimRequest, Claimed, DeliveryRecord, Outcome, Payload, StoreError,
-    StoreResult, Target, DOUBLE_CLICK_MS,
+    AttemptRecord, ClaimRequest, Claimed, DeliveryRecord, HealthPolicy, Outcome, Payload,
+    StoreError, StoreResult, Target, DOUBLE_CLICK_MS,
 };
 
 #[derive(Deserialize)]
@@ -142,10 +144,12 @@ pub(super) fn record_attempts(
     w: &mut Write<'_>,
     records: &[AttemptRecord],
     now: Timestamp,
-    disable_after: Duration,
+    policy: &HealthPolicy,
+    operator: Option<&OrgId>,
 ) -> StoreResult<()> {
     let tx = w.conn;
     let mut finished: HashMap<EndpointUid, (i64, i64)> = HashMap::new();
+    let mut made: Vec<Notice> = Vec::new();
     for r in records {
         if let Some(n) = r.attempt_no {
             execute(
@@ -188,6 +192,20 @@ pub(super) fn record_attempts(
                 counts.1 += 1;
             }
         }
+        // A schedule used up (not a delivery dropped for a disabled endpoint).
+        if changed == 1 && r.outcome == Outcome::Failed && r.attempt_no.is_some() {
+            let failed = first::<FailedRow>(
+                tx,
+                &format!(
+                    "SELECT {FAILED_COLUMNS} FROM deliveries d JOIN events ev ON ev.seq = d.event_seq \
+                     JOIN endpoints e ON e.uid = d.endpoint_uid WHERE d.id = ?1"
+                ),
+                [r.delivery.0],
+            )?;
+            if let Some(notice) = failed.map(|f| f.notice(now)).transpose()?.flatten() {
+                made.push(notice);
+            }
+        }
     }
     let bucket = rules::stats_bucket(now);
     for (uid, (delivered, failed)) in finished {
@@ -207,6 +225,9 @@ pub(super) fn record_attempts(
                 continue;
             }
             w.caches.healthy_since.insert(h.endpoint, now.millis());
+            if let Some(before) = standing(tx, h.endpoint)? {
+                made.extend(before.recovered(&h, now, policy)?);
+            }
             execute(
                 tx,
                 "UPDATE endpoints SET last_success_ms = ?2, failing_since_ms = NULL WHERE uid = ?1",
@@ -220,25 +241,34 @@ pub(super) fn record_attempts(
                  WHERE uid = ?1",
                 params![h.endpoint.0, now.millis(), from.millis()],
             )?;
-            let cutoff =
-                now.millis() - i64::try_from(disable_after.as_millis()).unwrap_or(i64::MAX);
-            disabled |= execute(
+            let cutoff = now.millis() - millis(policy.disable_after);
+            let reason = rules::auto_disable_reason(policy.disable_after);
+            let switched_off = first::<StandingRow>(
                 tx,
                 "UPDATE endpoints SET enabled = 0, disabled_ms = ?2, disabled_reason = ?3 \
-                 WHERE uid = ?1 AND enabled = 1 AND failing_since_ms <= ?4",
-                params![
-                    h.endpoint.0,
-                    now.millis(),
-                    rules::auto_disable_reason(disable_after),
-                    cutoff
-                ],
-            )? > 0;
+                 WHERE uid = ?1 AND enabled = 1 AND failing_since_ms <= ?4 \
+                 RETURNING uid, org_id, url, enabled, failing_since_ms",
+                params![h.endpoint.0, now.millis(), reason, cutoff],
+            )?;
+            if let Some(row) = switched_off {
+                made.push(row.disabled(&reason, now)?);
+                disabled = true;
+            }
         }
     }
     if disabled {
         w.caches.endpoints_changed();
     }
-    Ok(())
+    notices::store(w, &made, operator, now)
+}
+
+/// An endpoint's standing before this batch's outcomes are written.
+fn standing(conn: &Connection, uid: EndpointUid) -> StoreResult<Option<StandingRow>> {
+    first::<StandingRow>(
+        conn,
+        "SELECT uid, org_id, url, enabled, failing_since_ms FROM endpoints WHERE uid = ?1",
+        [uid.0],
+    )
 }
 
 pub(super) fn release(

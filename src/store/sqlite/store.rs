@@ -3,6 +3,7 @@
 //! after what it does (`publish.rs`, `queue.rs`, `admin.rs`, ...).
 
 use super::*;
+use crate::store::notices as told;
 
 impl Store for SqliteStore {
     fn default_master_key_file(&self) -> Option<PathBuf> {
@@ -40,11 +41,12 @@ impl Queue for SqliteStore {
         &self,
         records: Arc<[AttemptRecord]>,
         now: Timestamp,
-        disable_after: Duration,
+        policy: HealthPolicy,
     ) -> StoreResult<()> {
+        let operator = self.operator.clone();
         self.writer
             .run(false, move |w| {
-                queue::record_attempts(w, &records, now, disable_after)
+                queue::record_attempts(w, &records, now, &policy, operator.as_ref())
             })
             .await
     }
@@ -345,11 +347,14 @@ impl Admin for SqliteStore {
     }
 
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
-        let new = new.clone();
+        let (new, operator) = (new.clone(), self.operator.clone());
         self.writer
             .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::create(w.conn, &new)
+                let endpoint = endpoints::create(w.conn, &new)?;
+                let made = told::endpoint_saved(None, &endpoint, new.now);
+                notices::store(w, &made, operator.as_ref(), new.now)?;
+                Ok(endpoint)
             })
             .await
     }
@@ -380,20 +385,26 @@ impl Admin for SqliteStore {
         patch: &EndpointPatch,
     ) -> StoreResult<EndpointRecord> {
         let (org, url, patch) = (org.clone(), url.to_owned(), patch.clone());
+        let operator = self.operator.clone();
         self.writer
             .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::update(w.conn, &org, &url, &patch)
+                let (before, after) = endpoints::update(w.conn, &org, &url, &patch)?;
+                let made = told::endpoint_saved(Some(&before), &after, patch.now);
+                notices::store(w, &made, operator.as_ref(), patch.now)?;
+                Ok(after)
             })
             .await
     }
 
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
-        let (org, url) = (org.clone(), url.to_owned());
+        let (org, url, operator) = (org.clone(), url.to_owned(), self.operator.clone());
         self.writer
             .run(true, move |w| {
                 w.caches.endpoints_changed();
-                endpoints::delete(w.conn, &org, &url, now)
+                let deleted = endpoints::delete(w.conn, &org, &url, now)?;
+                let made = [told::endpoint_deleted(&deleted, now)?];
+                notices::store(w, &made, operator.as_ref(), now)
             })
             .await
     }

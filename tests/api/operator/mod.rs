@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::helpers::{spawn_app_with, TestApp};
 
 mod inspect;
+mod notices;
 mod resend;
 mod signing;
 mod upkeep;

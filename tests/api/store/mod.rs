@@ -10,17 +10,23 @@ use std::time::Duration;
 use posthorn::config::DatabaseArgs;
 use posthorn::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, OrgId, Timestamp};
 use posthorn::store::{
-    Access, AttemptRecord, ClaimRequest, Claimed, DynStore, NewEndpoint, NewEvent, Outcome,
-    PublishBatch, Published,
+    Access, AttemptRecord, ClaimRequest, Claimed, DynStore, HealthPolicy, NewEndpoint, NewEvent,
+    Outcome, PublishBatch, Published,
 };
 
 use crate::helpers::TestDb;
 
 pub const DAY: Duration = Duration::from_secs(86_400);
 
+/// Disable after a day; a recovery after a minute of failures is told.
+pub const POLICY: HealthPolicy = HealthPolicy {
+    disable_after: DAY,
+    recovered_after: Duration::from_secs(60),
+};
+
 /// The store of `db`, opened as a tool would (several may be open on one database).
 pub async fn store(db: &TestDb) -> DynStore {
-    posthorn::store::open(&DatabaseArgs::new(db.url.clone()), Access::Tool)
+    posthorn::store::open(&DatabaseArgs::new(db.url.clone()), Access::Tool, None)
         .await
         .expect("store opens")
 }
@@ -126,7 +132,7 @@ pub fn outcome(c: &Claimed, outcome: Outcome) -> AttemptRecord {
 
 pub async fn record(store: &DynStore, records: Vec<AttemptRecord>) {
     store
-        .record_attempts(Arc::from(records), Timestamp::now(), DAY)
+        .record_attempts(Arc::from(records), Timestamp::now(), POLICY)
         .await
         .expect("record");
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use posthorn::domain::{ClaimToken, DeliveryState, EndpointUid, Timestamp};
-use posthorn::store::{FreshLease, LeaseBudget, Outcome, PublishBatch};
+use posthorn::store::{FreshLease, HealthPolicy, LeaseBudget, Outcome, PublishBatch};
 
 use super::{
     at, claim, claim_request, endpoints, event, ids, org, outcome, publish, record, store, DAY,
@@ -297,7 +297,10 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_its_work_is_not_live()
     s.record_attempts(
         Arc::from(vec![failed]),
         Timestamp::now(),
-        Duration::from_secs(5),
+        HealthPolicy {
+            disable_after: Duration::from_secs(5),
+            recovered_after: Duration::from_secs(60),
+        },
     )
     .await
     .expect("record");
