@@ -36,6 +36,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventTypeInput {
+    /// An event type of the org's catalog, or one of posthorn's operational events
+    /// (`endpoint.created`, `endpoint.updated`, `endpoint.deleted`, `endpoint.enabled`,
+    /// `endpoint.disabled`, `endpoint.recovered`, `delivery.failed`), which are not in
+    /// the catalog and take no subcategory.
     pub event_name: Option<String>,
     pub subcategory: Option<String>,
 }
