@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::helpers::{free_port, Node, TestApp, ORG};
 use crate::receiver::{Received, Reply, TestReceiver};
@@ -63,15 +61,7 @@ fn told(rx: &TestReceiver, path: &str) -> Vec<(String, String)> {
 }
 
 fn signed_with(secret: &str, r: &Received) -> bool {
-    let msg = format!(
-        "{}.{}.{}",
-        r.header("webhook-id"),
-        r.header("webhook-timestamp"),
-        std::str::from_utf8(&r.body).expect("utf8")
-    );
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
-    mac.update(msg.as_bytes());
-    r.header("webhook-signature") == format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    r.header("webhook-signature") == super::signing::standard_sig(secret, r)
 }
 
 fn id_of(url: &str) -> String {

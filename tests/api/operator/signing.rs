@@ -19,7 +19,7 @@ fn hmac_b64(key: &[u8], msg: &[u8]) -> String {
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
-fn standard_sig(key: &str, r: &Received) -> String {
+pub(super) fn standard_sig(key: &str, r: &Received) -> String {
     let msg = format!(
         "{}.{}.{}",
         r.header("webhook-id"),
