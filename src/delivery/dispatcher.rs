@@ -173,7 +173,7 @@ impl Dispatcher {
             park_ms = park.as_millis() as u64,
             "endpoint is slow; parking its queue"
         );
-        let until = Timestamp::from_millis(now.millis() + park.as_millis() as i64);
+        let until = now.plus(park);
         if let Err(e) = self.engine.store.park_endpoint(uid, now, until).await {
             tracing::warn!(error = crate::error::chain(&e), "cannot park endpoint");
         }

@@ -79,7 +79,7 @@ impl Engine {
     /// When a lease taken now ends: after the attempt timeout and a margin.
     pub fn lease_until(&self, now: Timestamp) -> Timestamp {
         let lease = self.attempt_timeout + self.config.lease_margin;
-        Timestamp::from_millis(now.millis() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        now.plus(lease)
     }
 
     /// A dispatcher, and the intake through which publishes hand it their deliveries.

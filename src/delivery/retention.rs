@@ -19,9 +19,8 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(engine.config.retention_interval) => {}
         }
-        let cutoff = Timestamp::from_millis(
-            Timestamp::now().millis() - engine.config.retention.as_millis() as i64,
-        );
+        let cutoff =
+            Timestamp::from_millis(Timestamp::now().minus(engine.config.retention).millis());
         let mut pruned = 0;
         loop {
             match engine.store.prune(cutoff, BATCH).await {

@@ -62,7 +62,7 @@ impl RetryPolicy {
             delay = delay.max(asked.min(self.max_retry_after));
         }
         Outcome::Retry {
-            at: Timestamp::from_millis(now.millis() + delay.as_millis() as i64),
+            at: now.plus(delay),
         }
     }
 }

@@ -20,11 +20,25 @@ impl Timestamp {
         self.0
     }
 
+    /// This time plus `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_add(duration_ms(d)))
+    }
+
+    /// This time minus `d` (saturating).
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        Self(self.0.saturating_sub(duration_ms(d)))
+    }
+
     pub fn to_rfc3339(self) -> String {
         DateTime::<Utc>::from_timestamp_millis(self.0)
             .unwrap_or_default()
             .to_rfc3339_opts(SecondsFormat::Millis, true)
     }
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Serialize for Timestamp {

@@ -265,7 +265,7 @@ pub async fn rotate_secret(
     };
     let endpoint = load(&state, caller.org(), &id).await?;
     let now = Timestamp::now();
-    let expires = Timestamp::from_millis(now.millis() + grace.as_millis() as i64);
+    let expires = now.plus(grace);
     let sealed = state.master_key.seal_secret(caller.org(), &secret);
     state
         .store

@@ -5,10 +5,11 @@
 use serde::Deserialize;
 
 use super::model::{EndpointRecord, HealthPolicy};
+use super::rows::org;
 use super::rules::Health;
-use super::{StoreError, StoreResult};
+use super::StoreResult;
 use crate::domain::notice::{is_operational, FailedDelivery, Notice, Subject};
-use crate::domain::{EndpointUid, OrgId, Timestamp};
+use crate::domain::{EndpointUid, Timestamp};
 
 fn subject(r: &EndpointRecord) -> Subject<'_> {
     Subject {
@@ -49,12 +50,8 @@ pub(crate) struct DeletedRow {
     pub url: String,
 }
 
-fn org(raw: &str) -> StoreResult<OrgId> {
-    OrgId::parse(raw).map_err(StoreError::corrupt)
-}
-
 pub(crate) fn endpoint_deleted(row: &DeletedRow, now: Timestamp) -> StoreResult<Notice> {
-    let org = org(&row.org_id)?;
+    let org = org(row.org_id.clone())?;
     let s = Subject {
         org: &org,
         uid: EndpointUid(row.uid),
@@ -75,7 +72,7 @@ pub(crate) struct StandingRow {
 
 impl StandingRow {
     fn notice(&self, make: impl FnOnce(&Subject<'_>) -> Notice) -> StoreResult<Notice> {
-        let org = org(&self.org_id)?;
+        let org = org(self.org_id.clone())?;
         Ok(make(&Subject {
             org: &org,
             uid: EndpointUid(self.uid),
@@ -94,7 +91,7 @@ impl StandingRow {
         let Some(since) = self.failing_since_ms else {
             return Ok(None);
         };
-        let long_enough = now.millis() - since >= millis(policy.recovered_after);
+        let long_enough = since <= now.minus(policy.recovered_after).millis();
         if !(health.succeeded && long_enough) {
             return Ok(None);
         }
@@ -107,10 +104,6 @@ impl StandingRow {
     pub fn disabled(&self, reason: &str, now: Timestamp) -> StoreResult<Notice> {
         self.notice(|s| Notice::endpoint_disabled(s, Some(reason), now))
     }
-}
-
-pub(crate) fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A delivery that has just failed for good, with its event and endpoint.
@@ -137,7 +130,7 @@ impl FailedRow {
         if is_operational(&self.event_name) {
             return Ok(None);
         }
-        let org = org(&self.org_id)?;
+        let org = org(self.org_id.clone())?;
         let s = Subject {
             org: &org,
             uid: EndpointUid(self.uid),

@@ -19,7 +19,7 @@ use crate::domain::{
     KeyHash, OrgId, Timestamp,
 };
 
-fn org(raw: String) -> StoreResult<OrgId> {
+pub(crate) fn org(raw: String) -> StoreResult<OrgId> {
     OrgId::parse(&raw).map_err(StoreError::corrupt)
 }
 

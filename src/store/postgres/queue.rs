@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use super::notices;
 use super::{map_err, retrying, WORK_CHANNEL};
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
-use crate::store::notices::{millis, FailedRow, StandingRow, FAILED_COLUMNS};
+use crate::store::notices::{FailedRow, StandingRow, FAILED_COLUMNS};
 use crate::store::rows::ClaimRow;
 use crate::store::rules::{self, Health};
 use crate::store::{
@@ -125,10 +125,10 @@ async fn record_telling(
         }
     }
     let reason = rules::auto_disable_reason(policy.disable_after);
-    for (b, h) in before.iter().filter_map(|b| {
-        let h = health.iter().find(|h| h.endpoint.0 == b.uid)?;
-        Some((b, h))
-    }) {
+    for b in &before {
+        let Some(h) = health.iter().find(|h| h.endpoint.0 == b.uid) else {
+            continue;
+        };
         if b.enabled && disabled.contains(&b.uid) {
             made.push(b.disabled(&reason, now).map_err(corrupt)?);
         }
@@ -147,8 +147,8 @@ fn outcomes<'q>(
     policy: &HealthPolicy,
     telling: bool,
 ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Written, sqlx::postgres::PgArguments> {
-    let cutoff = now.millis() - millis(policy.disable_after);
-    let recovered_by = now.millis() - millis(policy.recovered_after);
+    let cutoff = now.minus(policy.disable_after).millis();
+    let recovered_by = now.minus(policy.recovered_after).millis();
     sqlx::query_as::<_, Written>(
         "WITH h AS (SELECT * FROM UNNEST($14::BIGINT[], $15::BOOL[], $16::BIGINT[]) AS h(uid, ok, failing_from)), \
          go AS (SELECT $19 OR NOT EXISTS ( \

@@ -12,7 +12,7 @@ use super::sql::{execute, first, pairs, rows};
 use super::thread::{Caches, Write};
 use crate::domain::notice::Notice;
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
-use crate::store::notices::{millis, FailedRow, StandingRow, FAILED_COLUMNS};
+use crate::store::notices::{FailedRow, StandingRow, FAILED_COLUMNS};
 use crate::store::rows::{TargetRow, TARGET_COLUMNS};
 use crate::store::rules;
 use crate::store::{
@@ -241,7 +241,7 @@ pub(super) fn record_attempts(
                  WHERE uid = ?1",
                 params![h.endpoint.0, now.millis(), from.millis()],
             )?;
-            let cutoff = now.millis() - millis(policy.disable_after);
+            let cutoff = now.minus(policy.disable_after).millis();
             let reason = rules::auto_disable_reason(policy.disable_after);
             let switched_off = first::<StandingRow>(
                 tx,

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::helpers::{free_port, Node, TestApp, ORG};
+use crate::helpers::{free_port, Node, Resp, TestApp, ORG};
 use crate::receiver::{Received, Reply, TestReceiver};
 
 use super::{app_with, publish, until, WAIT};
@@ -40,6 +40,15 @@ async fn hook(app: &TestApp, key: &str, url: &str) -> String {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.body["id"].as_str().expect("id").to_owned()
+}
+
+/// Creates an endpoint at `url` subscribed to `note.created`.
+async fn subscribed(app: &TestApp, url: &str) -> Resp {
+    app.post(
+        "/webhooks/v1/endpoints",
+        &json!({"url": url, "eventTypes": [{"eventName": "note.created"}]}),
+    )
+    .await
 }
 
 fn body(r: &Received) -> Value {
@@ -92,12 +101,7 @@ async fn every_endpoint_change_is_told_once_signed_and_never_to_itself() {
     assert_eq!(r.status, 200, "{}", r.text);
 
     let url = rx.url("/x");
-    let made = app
-        .post(
-            "/webhooks/v1/endpoints",
-            &json!({"url": url, "eventTypes": [{"eventName": "note.created"}]}),
-        )
-        .await;
+    let made = subscribed(&app, &url).await;
     assert_eq!(made.status, 200, "{}", made.text);
     let x = id_of(&url);
     let path = format!("/webhooks/v1/endpoints/{x}");
@@ -186,12 +190,7 @@ async fn a_used_up_schedule_and_a_recovery_are_told_but_not_a_blip() {
     );
     rx.script("/blip", vec![Reply::Status(500)]);
     for path in ["/dead", "/back", "/blip"] {
-        let r = app
-            .post(
-                "/webhooks/v1/endpoints",
-                &json!({"url": rx.url(path), "eventTypes": [{"eventName": "note.created"}]}),
-            )
-            .await;
+        let r = subscribed(&app, &rx.url(path)).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
     exactly(&rx, "/ops", 3).await;
@@ -228,12 +227,7 @@ async fn an_automatic_disable_is_told_with_its_reason() {
     let rx = TestReceiver::start().await;
     hook(&app, &app.admin_key, &rx.url("/ops")).await;
     rx.always("/dead", Reply::Status(500));
-    let r = app
-        .post(
-            "/webhooks/v1/endpoints",
-            &json!({"url": rx.url("/dead"), "eventTypes": [{"eventName": "note.created"}]}),
-        )
-        .await;
+    let r = subscribed(&app, &rx.url("/dead")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     publish(&app, json!({})).await;
     let dead = id_of(&rx.url("/dead"));
