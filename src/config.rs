@@ -179,6 +179,25 @@ pub struct DeliveryConfig {
     #[arg(long, env = "POSTHORN_RECOVERED_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
     pub recovered_after: Duration,
 
+    /// An endpoint that answers `410 Gone` is disabled at once (`false`: a 410 is a
+    /// failure like any other).
+    #[arg(long, env = "POSTHORN_DISABLE_ON_GONE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub disable_on_gone: bool,
+
+    /// Longest an endpoint is held back after an overloaded answer (429, 502, 503, 504),
+    /// whatever its `Retry-After` asks.
+    #[arg(long, env = "POSTHORN_MAX_PAUSE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub max_pause: Duration,
+
+    /// After this many failed attempts in a row (seen by one process), an endpoint's
+    /// circuit opens: its deliveries wait on one probe at a time.
+    #[arg(long, env = "POSTHORN_CIRCUIT_FAILURES", default_value_t = 10)]
+    pub circuit_failures: u32,
+
+    /// How often an open circuit sends a probe.
+    #[arg(long, env = "POSTHORN_CIRCUIT_PROBE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub circuit_probe_interval: Duration,
+
     /// Finished deliveries, their attempts and their events are deleted after this long.
     #[arg(long, env = "POSTHORN_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -205,6 +224,10 @@ impl Default for DeliveryConfig {
             poll_interval: Duration::from_secs(1),
             auto_disable_after: Duration::from_secs(5 * 24 * 3600),
             recovered_after: Duration::from_secs(60),
+            disable_on_gone: true,
+            max_pause: Duration::from_secs(60),
+            circuit_failures: 10,
+            circuit_probe_interval: Duration::from_secs(5),
             retention: Duration::from_secs(30 * 24 * 3600),
             retention_interval: Duration::from_secs(60),
             max_payload_bytes: 256 * 1024,
@@ -252,6 +275,14 @@ impl ServeConfig {
         ensure!(
             !d.poll_interval.is_zero(),
             "POSTHORN_POLL_INTERVAL (--poll-interval) must be more than 0"
+        );
+        ensure!(
+            d.circuit_failures > 0,
+            "POSTHORN_CIRCUIT_FAILURES (--circuit-failures) must be at least 1"
+        );
+        ensure!(
+            !d.circuit_probe_interval.is_zero(),
+            "POSTHORN_CIRCUIT_PROBE_INTERVAL (--circuit-probe-interval) must be more than 0"
         );
         crate::delivery::retry::RetryPolicy::parse(&d.retry_schedule, d.max_retry_after)?;
         let c = &self.connections;

@@ -58,6 +58,20 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointFlowLabels {
+    endpoint: String,
+    state: &'static str,
+}
+
+/// The states of an endpoint's pace in this process (see `delivery/pace.rs`).
+pub const FLOW_STATES: [&str; 3] = ["paused", "circuit_open", "paced"];
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -67,6 +81,8 @@ pub struct Metrics {
     delivery_latency: Histogram,
     in_flight: Gauge,
     queue_depth: Gauge,
+    held_back: Family<ReasonLabels, Counter>,
+    endpoint_flow: Family<EndpointFlowLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -122,7 +138,22 @@ impl Metrics {
             "Pending deliveries in the store (read at scrape time)",
             queue_depth.clone(),
         );
+        let held_back = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "posthorn_flow_held",
+            "Deliveries handed back to the queue to wait, by reason (pause, circuit)",
+            held_back.clone(),
+        );
+        let endpoint_flow = Family::<EndpointFlowLabels, Gauge>::default();
+        registry.register(
+            "posthorn_endpoint_flow",
+            "1 for each endpoint this process holds back, by endpoint uid and state \
+             (paused, circuit_open, paced)",
+            endpoint_flow.clone(),
+        );
         Self {
+            held_back,
+            endpoint_flow,
             registry,
             requests,
             latency,
@@ -152,6 +183,27 @@ impl Metrics {
         if record.outcome == Outcome::Delivered {
             let ms = Timestamp::now().millis() - event_created.millis();
             self.delivery_latency.observe(ms.max(0) as f64 / 1000.0);
+        }
+    }
+
+    pub fn held_back(&self, reason: &'static str, n: usize) {
+        self.held_back
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n as u64);
+    }
+
+    /// The state of an endpoint's pace here (`None`: nothing held back).
+    pub fn endpoint_flow(&self, endpoint: crate::domain::EndpointUid, state: Option<&'static str>) {
+        for s in FLOW_STATES {
+            let labels = EndpointFlowLabels {
+                endpoint: endpoint.0.to_string(),
+                state: s,
+            };
+            if Some(s) == state {
+                self.endpoint_flow.get_or_create(&labels).set(1);
+            } else {
+                self.endpoint_flow.remove(&labels);
+            }
         }
     }
 

@@ -1,9 +1,11 @@
 //! posthorn-bench: one run, one machine: the ceiling first, then posthorn's publish
 //! throughput, end-to-end delivery throughput (1 and 10 endpoints), fan-out to 1,000
 //! endpoints, publish-to-receipt latency at a fixed rate and at half the end-to-end
-//! maximum, throughput with a large history and backlog in the store, bytes on disk
-//! per delivered event, and peak RSS. Prints a table and, last, one JSON line.
+//! maximum, FIFO throughput beside the receiver's round trip, an endpoint's throughput
+//! beside rate-limited ones, throughput with a large history and backlog in the store,
+//! bytes on disk per delivered event, and peak RSS. Prints a table and, last, one JSON line.
 
+mod flow;
 mod growth;
 mod latency;
 mod load;
@@ -32,6 +34,8 @@ pub enum Phase {
     Fanout,
     Latency,
     Growth,
+    /// FIFO throughput, and rate-limited endpoints beside an unlimited one.
+    Flow,
 }
 
 #[derive(Debug, Parser)]

@@ -1,5 +1,5 @@
 //! The measured phases, in order: the ceiling, publishing, end to end, fan-out,
-//! latency, and growth.
+//! latency, flow control, and growth.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -294,6 +294,10 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
             report.latency_half =
                 Some(latency::measure(api, &counters, half, args.latency_secs, c).await?);
         }
+    }
+
+    if on(Phase::Flow) {
+        report.flow = Some(crate::flow::run(api, rx, &counters, &mut conn, n, c).await?);
     }
 
     if on(Phase::Growth) && args.history > 0 {

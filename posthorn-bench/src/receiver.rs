@@ -28,6 +28,8 @@ pub struct Counters {
     pub backlog: AtomicU64,
     /// Attempts answered 500 on `/fail/...` (the soak's failing endpoint).
     pub failed: AtomicU64,
+    /// Deliveries to `/limited/...` (rate-limited endpoints), not counted as received.
+    pub limited: AtomicU64,
 }
 
 impl Counters {
@@ -58,6 +60,10 @@ async fn handle(
         let mut failed = Response::new(Full::new(Bytes::new()));
         *failed.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
         return Ok(failed);
+    }
+    if req.uri().path().starts_with("/limited") {
+        c.limited.fetch_add(1, Ordering::SeqCst);
+        return Ok(Response::new(Full::new(Bytes::new())));
     }
     if req.uri().path().starts_with("/slow") {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -95,6 +101,7 @@ pub async fn start(epoch: Instant) -> anyhow::Result<(SocketAddr, Arc<Counters>)
         latencies_ns: Mutex::new(Vec::new()),
         backlog: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        limited: AtomicU64::new(0),
     });
     let c = counters.clone();
     tokio::spawn(async move {

@@ -22,6 +22,7 @@ pub struct Report {
     /// The same at half of the measured end-to-end maximum.
     pub latency_half: Option<Latency>,
     pub growth: Option<Growth>,
+    pub flow: Option<crate::flow::Flow>,
     pub rss_mib: f64,
     /// CPU µs per event or delivery, (posthorn, the harness), per phase.
     pub cpu_publish: Option<(f64, f64)>,
@@ -88,6 +89,25 @@ impl Report {
                 l.max_ms
             );
         }
+        if let Some(f) = self.flow {
+            row(
+                &format!("FIFO, 1 endpoint, {} events", f.fifo_events),
+                f.fifo_rps,
+            );
+            row(
+                "  bound: one round trip at a time to the receiver",
+                f.round_trip_rps,
+            );
+            row("end to end, 1 endpoint, alone", f.alone_rps);
+            row(
+                "  ... beside 10 rate-limited endpoints with a backlog",
+                f.beside_limited_rps,
+            );
+            eprintln!(
+                "{:<52} {:>9.1} /s (limits sum to {:.0}/s)",
+                "  ... which received meanwhile", f.limited_rps, f.limited_cap
+            );
+        }
         if let Some(g) = self.growth {
             row(
                 &format!(
@@ -148,6 +168,12 @@ impl Report {
             "growth": self.growth.map(|g| json!({
                 "finished": g.finished, "pending": g.pending, "e2e_rps": round(g.e2e_rps),
                 "of_fresh": round(g.e2e_rps / self.e2e_rps), "bytes_per_delivery": round(g.bytes_per_delivery),
+            })),
+            "flow": self.flow.map(|f| json!({
+                "fifo_events": f.fifo_events, "fifo_rps": round(f.fifo_rps),
+                "round_trip_rps": round(f.round_trip_rps), "alone_rps": round(f.alone_rps),
+                "beside_limited_rps": round(f.beside_limited_rps),
+                "limited_rps": round(f.limited_rps), "limited_cap": f.limited_cap,
             })),
             "rss_mib": round(self.rss_mib),
             "cpu_us": {

@@ -8,7 +8,7 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use super::client::USER_AGENT as AGENT;
 use super::{sign, Engine};
 use crate::domain::{CustomHeaders, ErrorClass, Timestamp};
-use crate::store::{AttemptRecord, Claimed, Outcome};
+use crate::store::{AttemptRecord, Claimed, Outcome, Signal};
 
 /// What one POST to an endpoint came to.
 #[derive(Debug, Default)]
@@ -106,6 +106,28 @@ pub async fn send(
     sent
 }
 
+/// How long an overloaded endpoint is held back when it does not say (`Retry-After`).
+pub const DEFAULT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What an answer says of the endpoint as a whole: `410 Gone` (unless that is turned
+/// off), or overloaded (`429`, `502`, `503`, `504`: held back for its `Retry-After`,
+/// capped, or [`DEFAULT_PAUSE`]).
+fn signal(engine: &Engine, sent: &Sent) -> Option<Signal> {
+    match sent.status? {
+        410 if engine.config.disable_on_gone => Some(Signal::Gone),
+        429 | 502 | 503 | 504 => {
+            let pause = sent
+                .retry_after
+                .unwrap_or(DEFAULT_PAUSE)
+                .min(engine.config.max_pause);
+            Some(Signal::Overloaded {
+                until: Timestamp::now().plus(pause),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// `503 Service Unavailable`.
 fn status_text(code: u16) -> String {
     match hyper::StatusCode::from_u16(code) {
@@ -129,6 +151,8 @@ pub async fn make(engine: &Engine, c: &Claimed) -> AttemptRecord {
         error_class: None,
         response_body: None,
         outcome: Outcome::Failed,
+        queued: c.endpoint.flow.queued(),
+        signal: None,
     };
     let target = &c.endpoint;
     if !target.live {
@@ -192,6 +216,7 @@ pub async fn make(engine: &Engine, c: &Claimed) -> AttemptRecord {
             .policy
             .after_failure(schedule_no, sent.retry_after, Timestamp::now())
     };
+    record.signal = signal(engine, &sent);
     record.status_code = sent.status;
     record.latency_ms = sent.latency_ms;
     record.error = sent.error;

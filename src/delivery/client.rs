@@ -149,7 +149,7 @@ impl Client {
                 .await
                 .map_err(|e| describe(&e))?;
             let status = response.status().as_u16();
-            let retry_after = matches!(status, 429 | 503)
+            let retry_after = matches!(status, 429 | 502 | 503 | 504)
                 .then(|| parse_retry_after(response.headers()))
                 .flatten();
             let body = read_truncated(response.into_body()).await;

@@ -17,9 +17,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use super::load::Budget;
+use super::pace::{Gate, Pace, PaceRules};
 use super::recorder::Recorder;
 use super::{attempt, Engine};
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid};
+use crate::domain::{ClaimToken, DeliveryId, EndpointUid, Timestamp};
 use crate::store::{Claimed, LeaseBudget};
 
 /// An endpoint whose slots are all taken by attempts older than this is parked.
@@ -57,6 +58,9 @@ pub(super) struct Shared {
     pub budget: Arc<Budget>,
     pub recorder: Recorder,
     lanes: Mutex<HashMap<EndpointUid, Lane>>,
+    /// What endpoints' answers said (outlives their lanes; locked after `lanes`).
+    paces: Mutex<HashMap<EndpointUid, Pace>>,
+    rules: PaceRules,
     slots: Arc<Semaphore>,
     parked_slots: Arc<Semaphore>,
     per_endpoint: u32,
@@ -85,6 +89,12 @@ impl Lanes {
             // margin left: it ends, and its outcome is written, before another node may
             // take the delivery over.
             max_wait: config.lease_margin / 2,
+            rules: PaceRules {
+                per_endpoint: config.max_in_flight_per_endpoint.max(1),
+                circuit_failures: config.circuit_failures.max(1),
+                probe_interval: config.circuit_probe_interval,
+            },
+            paces: Mutex::default(),
             slots: Arc::new(Semaphore::new(max)),
             parked_slots: Arc::new(Semaphore::new((max / PARKED_SHARE).max(1))),
             engine,
@@ -199,27 +209,52 @@ impl Shared {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The next delivery of the lane to attempt, leaving expired ones to their leases;
-    /// `None` (and the worker is gone) when there is nothing to do.
-    fn next(&self, uid: EndpointUid) -> Option<(Claimed, bool)> {
+    fn paces(&self) -> MutexGuard<'_, HashMap<EndpointUid, Pace>> {
+        self.paces.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the lane's worker does next: attempt its next delivery (leaving expired ones
+    /// to their leases), wait for the next one's slot, hand everything back while the
+    /// endpoint's pace says wait, or end (nothing to do, or enough in flight).
+    fn next(&self, uid: EndpointUid) -> Next {
         let now = Instant::now();
         let mut expired = Vec::new();
         let next = {
             let mut lanes = self.lanes();
-            let lane = lanes.get_mut(&uid)?;
-            let mut next = None;
-            if !self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-                while let Some(w) = lane.waiting.pop_front() {
+            let Some(lane) = lanes.get_mut(&uid) else {
+                return Next::Done;
+            };
+            let gate = match self.paces().get(&uid) {
+                Some(pace) => pace.gate(&self.rules, now, lane.running.len()),
+                None if lane.running.len() as u32 >= self.per_endpoint => Gate::Exit,
+                None => Gate::Go,
+            };
+            let mut next = Next::Done;
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            } else if let Gate::HandBack(until, reason) = gate {
+                let waiting: Vec<Claimed> = lane.waiting.drain(..).map(|w| w.claimed).collect();
+                self.engine.metrics.held_back(reason, waiting.len());
+                next = Next::HandBack(waiting, until);
+            } else if gate == Gate::Go {
+                while let Some(w) = lane.waiting.front() {
                     if now.duration_since(w.since) > self.max_wait {
-                        expired.push(w.claimed);
+                        expired.extend(lane.waiting.pop_front().map(|w| w.claimed));
                         continue;
                     }
-                    next = Some(w.claimed);
+                    // Its slot under the endpoint's rate limit.
+                    if let Some(wait) = w.claimed.not_before.and_then(until) {
+                        next = Next::Wait(wait);
+                        break;
+                    }
+                    next = lane
+                        .waiting
+                        .pop_front()
+                        .map_or(Next::Done, |w| Next::Go(w.claimed, lane.parked(now)));
                     break;
                 }
             }
-            match next {
-                Some(c) => {
+            match &next {
+                Next::Go(c, _) => {
                     lane.running.insert(
                         c.delivery,
                         Running {
@@ -227,16 +262,16 @@ impl Shared {
                             started: now,
                         },
                     );
-                    Some((c, lane.parked(now)))
                 }
-                None => {
+                Next::Wait(_) => {}
+                Next::Done | Next::HandBack(..) => {
                     lane.workers -= 1;
                     if lane.workers == 0 && lane.waiting.is_empty() && lane.running.is_empty() {
                         lanes.remove(&uid);
                     }
-                    None
                 }
             }
+            next
         };
         if !expired.is_empty() {
             tracing::debug!(
@@ -248,6 +283,70 @@ impl Shared {
             }
         }
         next
+    }
+
+    /// Takes in an attempt's outcome for the endpoint's pace; true when it closed an
+    /// open circuit.
+    fn observe(&self, record: &crate::store::AttemptRecord) -> bool {
+        let now = Instant::now();
+        let mut paces = self.paces();
+        let before = match paces.get(&record.endpoint) {
+            // A success of a settled endpoint changes nothing (the common case).
+            None if record.outcome == crate::store::Outcome::Delivered => return false,
+            None => None,
+            Some(pace) => pace.state(&self.rules, now),
+        };
+        let pace = paces
+            .entry(record.endpoint)
+            .or_insert_with(|| Pace::new(&self.rules));
+        let closed = pace.observe(record, &self.rules, now);
+        let state = pace.state(&self.rules, now);
+        if pace.is_settled(&self.rules, now) {
+            paces.remove(&record.endpoint);
+        }
+        if state != before {
+            self.engine.metrics.endpoint_flow(record.endpoint, state);
+        }
+        closed
+    }
+
+    /// Gives deliveries back to the store, due `until`, with the endpoint's other due
+    /// deliveries moved there too.
+    async fn hand_back(&self, uid: EndpointUid, claimed: Vec<Claimed>, until: Instant) {
+        let now = Timestamp::now();
+        let at = now.plus(until.saturating_duration_since(Instant::now()));
+        let store = &self.engine.store;
+        let mut by_token: HashMap<ClaimToken, Vec<DeliveryId>> = HashMap::new();
+        for c in &claimed {
+            by_token.entry(c.token).or_default().push(c.delivery);
+        }
+        for (token, ids) in by_token {
+            if let Err(e) = store.release(token, ids, at).await {
+                tracing::warn!(
+                    error = crate::error::chain(&e),
+                    "cannot hand deliveries back"
+                );
+            }
+        }
+        if let Err(e) = store.park_endpoint(uid, now, at).await {
+            tracing::warn!(
+                error = crate::error::chain(&e),
+                "cannot hold an endpoint back"
+            );
+        }
+        for c in &claimed {
+            self.give_back(c.endpoint.uid);
+        }
+    }
+
+    /// An open circuit closed: the deliveries it held back are due now.
+    async fn resume(&self, uid: EndpointUid) {
+        let now = Timestamp::now();
+        let held_until = now.plus(self.rules.probe_interval * 2);
+        if let Err(e) = self.engine.store.park_endpoint(uid, held_until, now).await {
+            tracing::warn!(error = crate::error::chain(&e), "cannot resume an endpoint");
+        }
+        self.engine.store.wakeups().notify_one();
     }
 
     fn attempted(&self, c: &Claimed) {
@@ -264,6 +363,20 @@ impl Shared {
     }
 }
 
+/// What a worker does next (see [`Shared::next`]).
+enum Next {
+    Go(Claimed, bool),
+    Wait(Duration),
+    HandBack(Vec<Claimed>, Instant),
+    Done,
+}
+
+/// How long until `at`, if it is still ahead.
+fn until(at: Timestamp) -> Option<Duration> {
+    let ms = at.millis() - Timestamp::now().millis();
+    (ms > 0).then(|| Duration::from_millis(ms as u64))
+}
+
 /// A worker of one lane: takes the next delivery, waits for a slot, attempts, hands the
 /// outcome to the recorder, and so on until the lane is empty.
 async fn work(shared: Arc<Shared>, uid: EndpointUid) {
@@ -271,8 +384,19 @@ async fn work(shared: Arc<Shared>, uid: EndpointUid) {
         let Ok(slot) = shared.slots.clone().acquire_owned().await else {
             return;
         };
-        let Some((c, parked)) = shared.next(uid) else {
-            return;
+        let (c, parked) = match shared.next(uid) {
+            Next::Go(c, parked) => (c, parked),
+            Next::Wait(wait) => {
+                drop(slot);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Next::HandBack(claimed, until) => {
+                drop(slot);
+                shared.hand_back(uid, claimed, until).await;
+                return;
+            }
+            Next::Done => return,
         };
         let parked_slot = match parked {
             true => shared.parked_slots.clone().acquire_owned().await.ok(),
@@ -285,11 +409,15 @@ async fn work(shared: Arc<Shared>, uid: EndpointUid) {
             .engine
             .metrics
             .observe_attempt(&record, c.event.created);
+        let closed = shared.observe(&record);
         // The attempt is over (parking looks at attempts only); the slot is kept until
         // the recorder has taken the outcome.
         shared.attempted(&c);
         shared.recorder.submit(record).await;
         drop((slot, parked_slot));
         shared.give_back(c.endpoint.uid);
+        if closed {
+            shared.resume(uid).await;
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod client;
 mod dispatcher;
 mod lanes;
 mod load;
+mod pace;
 mod recorder;
 mod retention;
 pub mod retry;

@@ -106,6 +106,9 @@ pub struct EndpointStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_failure: Option<Timestamp>,
+    /// What its deliveries wait on now, as on the endpoint (omitted when nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<super::flow::FlowState>,
 }
 
 /// Sends the `test` envelope signed with `secrets` and reports what came of it.
@@ -311,5 +314,6 @@ pub async fn endpoint_stats(
         windows,
         last_success: endpoint.last_success,
         last_failure: endpoint.last_failure,
+        flow: super::flow::FlowView::of(&endpoint).flow,
     }))
 }

@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, Authorized};
 use super::catalog::{validate_subscriptions, EventTypeInput};
+use super::flow::{FlowInput, FlowView};
 use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination::{self, PageParams};
 use super::{Empty, ErrorBody};
@@ -58,6 +59,8 @@ pub struct Endpoint {
     /// `password` or `session`) show as `********`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub flow: FlowView,
 }
 
 impl Endpoint {
@@ -69,6 +72,7 @@ impl Endpoint {
                 .ok()
         });
         Self {
+            flow: FlowView::of(&r),
             id: EndpointId::for_url(&r.url).as_str().to_owned(),
             created: r.created,
             modified: r.modified,
@@ -104,6 +108,8 @@ pub struct CreateEndpointBody {
     /// Headers sent on every attempt (at most 20, 8 KiB together; not the ones
     /// posthorn sets). Stored encrypted.
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub flow: FlowInput,
 }
 
 /// Update body: an absent or empty field is left as it is; the endpoint is enabled
@@ -118,6 +124,8 @@ pub struct UpdateEndpointBody {
     /// Replaces the custom headers; absent leaves them, `{}` removes them. A value sent
     /// as `********` keeps the stored value of that header.
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub flow: FlowInput,
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -173,6 +181,7 @@ pub async fn create_endpoint(
         None => (Secret::generate(), true),
     };
     let headers = parse_headers(body.headers.unwrap_or_default())?;
+    let flow = body.flow.create()?;
     let record = state
         .store
         .create_endpoint(&NewEndpoint {
@@ -181,6 +190,7 @@ pub async fn create_endpoint(
             event_types,
             sealed_secret: state.master_key.seal_secret(org, &secret),
             sealed_headers: seal_headers(&state, org, &headers),
+            flow,
             enabled: body.disabled != Some(true),
             now: Timestamp::now(),
         })
@@ -259,6 +269,9 @@ pub async fn update_endpoint(
         Some(raw) => Some(state.master_key.seal_secret(org, &parse_secret(&raw)?)),
         None => None,
     };
+    // The flow fields are checked against what is stored (a burst needs a limit).
+    let current = load(&state, org, &id).await?;
+    let flow = body.flow.patch(current.flow)?;
     let sealed_headers = match body.headers {
         None => None,
         Some(given) => {
@@ -266,7 +279,6 @@ pub async fn update_endpoint(
             // A masked value sent back keeps what is stored. (Read before the update:
             // a concurrent Update of the same header in between is overwritten.)
             if headers.has_masked() {
-                let current = load(&state, org, &id).await?;
                 let stored = match &current.sealed_headers {
                     Some(sealed) => state
                         .master_key
@@ -286,6 +298,7 @@ pub async fn update_endpoint(
         event_types,
         sealed_secret,
         sealed_headers,
+        flow,
         enabled: body.disabled != Some(true),
         now: Timestamp::now(),
     };

@@ -8,6 +8,7 @@ pub mod deliveries;
 pub mod endpoint_ops;
 pub mod endpoints;
 pub mod events;
+pub mod flow;
 pub mod input;
 pub mod keys;
 pub mod ops;

@@ -14,6 +14,7 @@
 //! types. Lists are keyset paginated, so paging an unchanging list visits each row once.
 
 mod cache;
+pub(crate) mod flow;
 pub mod model;
 mod notices;
 pub mod postgres;

@@ -122,6 +122,66 @@ pub struct EndpointRecord {
     pub sealed_headers: Option<Vec<u8>>,
     pub last_success: Option<Timestamp>,
     pub last_failure: Option<Timestamp>,
+    pub flow: FlowConfig,
+    pub standing: FlowStanding,
+}
+
+/// How an endpoint's deliveries are paced: a rate limit, FIFO order. An endpoint with
+/// either has a flow queue (see `store/flow.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// Deliveries per second.
+    pub rate_limit: Option<u32>,
+    /// How many may go at once after a quiet spell (default 1).
+    pub burst: Option<u32>,
+    pub fifo: bool,
+}
+
+impl FlowConfig {
+    /// Whether its deliveries wait in a flow queue for their turn.
+    pub fn queued(&self) -> bool {
+        self.rate_limit.is_some() || self.fifo
+    }
+}
+
+/// What an endpoint's flow looks like now, for people.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowStanding {
+    /// Held back after an overloaded answer (429, 502, 503, 504) until then.
+    pub paused_until: Option<Timestamp>,
+    /// Every attempt has failed since then.
+    pub failing_since: Option<Timestamp>,
+    /// The delivery a FIFO endpoint has out now.
+    pub fifo_head: Option<DeliveryId>,
+    /// Deliveries waiting in its flow queue.
+    pub queued: u64,
+}
+
+/// A change of an endpoint's flow settings: `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowPatch {
+    /// `Some(None)` removes the limit (and its burst).
+    pub rate_limit: Option<Option<u32>>,
+    pub burst: Option<Option<u32>>,
+    pub fifo: Option<bool>,
+}
+
+impl FlowPatch {
+    pub fn apply(&self, mut to: FlowConfig) -> FlowConfig {
+        if let Some(limit) = self.rate_limit {
+            to.rate_limit = limit;
+            if limit.is_none() {
+                to.burst = None;
+            }
+        }
+        if let Some(burst) = self.burst {
+            to.burst = burst;
+        }
+        if let Some(fifo) = self.fifo {
+            to.fifo = fifo;
+        }
+        to
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +191,7 @@ pub struct NewEndpoint {
     pub event_types: Vec<EventTypeRef>,
     pub sealed_secret: Vec<u8>,
     pub sealed_headers: Option<Vec<u8>>,
+    pub flow: FlowConfig,
     /// False: created disabled (by hand, so with no reason).
     pub enabled: bool,
     pub now: Timestamp,
@@ -144,6 +205,7 @@ pub struct EndpointPatch {
     pub sealed_secret: Option<Vec<u8>>,
     /// `Some(None)` removes the custom headers.
     pub sealed_headers: Option<Option<Vec<u8>>>,
+    pub flow: FlowPatch,
     pub enabled: bool,
     pub now: Timestamp,
 }
@@ -217,6 +279,7 @@ pub struct Target {
     pub sealed_headers: Option<Vec<u8>>,
     /// False when the endpoint was disabled or deleted after the event was published.
     pub live: bool,
+    pub flow: FlowConfig,
 }
 
 /// The event a delivery carries.
@@ -238,6 +301,8 @@ pub struct Claimed {
     pub retry_base: u32,
     pub event: Arc<Payload>,
     pub endpoint: Arc<Target>,
+    /// Not to be sent before then: its slot under the endpoint's rate limit.
+    pub not_before: Option<Timestamp>,
 }
 
 /// How a claim is bounded.
@@ -325,6 +390,19 @@ pub struct AttemptRecord {
     pub error_class: Option<ErrorClass>,
     pub response_body: Option<String>,
     pub outcome: Outcome,
+    /// The endpoint has a flow queue: a retry waits in it, and the FIFO head is free.
+    pub queued: bool,
+    /// What the receiver said of the endpoint as a whole.
+    pub signal: Option<Signal>,
+}
+
+/// What an answer says of the endpoint, beyond the one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// `410 Gone`: disable it at once.
+    Gone,
+    /// `429`, `502`, `503`, `504`: hold its deliveries back until then.
+    Overloaded { until: Timestamp },
 }
 
 /// A delivery as the delivery log shows it.

@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::model::{
     ApiKeyRecord, AttemptView, Claimed, DeliveryRecord, EndpointRecord, EventRecord,
-    EventTypeRecord, EventTypeVersion, Payload, SubcategoryRecord, Target,
+    EventTypeRecord, EventTypeVersion, FlowConfig, FlowStanding, Payload, SubcategoryRecord,
+    Target,
 };
 use super::{StoreError, StoreResult};
 use crate::domain::{
@@ -144,7 +145,11 @@ impl From<SubcategoryRow> for SubcategoryRecord {
 /// The columns of [`EndpointRow`], for `SELECT`s.
 pub(crate) const ENDPOINT_COLUMNS: &str = "uid, org_id, url, enabled, secret, created_ms, \
     modified_ms, disabled_reason, disabled_ms, old_secret, old_secret_expires_ms, \
-    headers, last_success_ms, last_failure_ms";
+    headers, last_success_ms, last_failure_ms, rate_limit, rate_burst, fifo, paused_until_ms, \
+    failing_since_ms, \
+    (SELECT b.id FROM deliveries b WHERE b.id = endpoints.flow_busy AND b.state = 'pending' \
+       AND NOT b.held) AS flow_busy, \
+    (SELECT COUNT(*) FROM deliveries d WHERE d.endpoint_uid = endpoints.uid AND d.held) AS queued";
 
 #[derive(Debug, Deserialize, sqlx::FromRow)]
 pub(crate) struct EndpointRow {
@@ -162,6 +167,23 @@ pub(crate) struct EndpointRow {
     pub headers: Option<Vec<u8>>,
     pub last_success_ms: Option<i64>,
     pub last_failure_ms: Option<i64>,
+    pub rate_limit: Option<i32>,
+    pub rate_burst: Option<i32>,
+    pub fifo: bool,
+    pub paused_until_ms: Option<i64>,
+    pub failing_since_ms: Option<i64>,
+    pub flow_busy: Option<i64>,
+    pub queued: i64,
+}
+
+/// An endpoint's flow settings from their columns.
+pub(crate) fn flow(rate_limit: Option<i32>, burst: Option<i32>, fifo: bool) -> FlowConfig {
+    let positive = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0);
+    FlowConfig {
+        rate_limit: positive(rate_limit),
+        burst: positive(burst),
+        fifo,
+    }
 }
 
 impl EndpointRow {
@@ -182,6 +204,13 @@ impl EndpointRow {
             sealed_headers: self.headers,
             last_success: time(self.last_success_ms),
             last_failure: time(self.last_failure_ms),
+            flow: flow(self.rate_limit, self.rate_burst, self.fifo),
+            standing: FlowStanding {
+                paused_until: time(self.paused_until_ms),
+                failing_since: time(self.failing_since_ms),
+                fifo_head: self.flow_busy.map(DeliveryId),
+                queued: u64::try_from(self.queued).unwrap_or(0),
+            },
         })
     }
 }
@@ -211,7 +240,8 @@ pub(crate) fn attach_subscriptions(endpoints: &mut [EndpointRecord], rows: Vec<S
 
 /// The columns of [`TargetRow`] from `endpoints e`.
 pub(crate) const TARGET_COLUMNS: &str = "e.uid, e.org_id, e.url, e.secret, e.old_secret, \
-    e.old_secret_expires_ms, e.headers, (e.enabled AND e.deleted_ms IS NULL) AS live";
+    e.old_secret_expires_ms, e.headers, (e.enabled AND e.deleted_ms IS NULL) AS live, \
+    e.rate_limit, e.rate_burst, e.fifo";
 
 #[derive(Debug, Deserialize, sqlx::FromRow)]
 pub(crate) struct TargetRow {
@@ -223,6 +253,9 @@ pub(crate) struct TargetRow {
     pub old_secret_expires_ms: Option<i64>,
     pub headers: Option<Vec<u8>>,
     pub live: bool,
+    pub rate_limit: Option<i32>,
+    pub rate_burst: Option<i32>,
+    pub fifo: bool,
 }
 
 impl TargetRow {
@@ -235,13 +268,14 @@ impl TargetRow {
             old_secret: old_secret(self.old_secret, self.old_secret_expires_ms),
             sealed_headers: self.headers,
             live: self.live,
+            flow: flow(self.rate_limit, self.rate_burst, self.fifo),
         })
     }
 }
 
 /// A claimed delivery with its event and endpoint, as a claim reads it (the endpoint's
 /// columns as in [`TARGET_COLUMNS`]).
-#[derive(Debug, Deserialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 pub(crate) struct ClaimRow {
     pub id: i64,
     pub attempts: i64,
@@ -249,28 +283,12 @@ pub(crate) struct ClaimRow {
     pub event_id: String,
     pub event_created_ms: i64,
     pub body: Vec<u8>,
-    pub uid: i64,
-    pub org_id: String,
-    pub url: String,
-    pub secret: Vec<u8>,
-    pub old_secret: Option<Vec<u8>>,
-    pub old_secret_expires_ms: Option<i64>,
-    pub headers: Option<Vec<u8>>,
-    pub live: bool,
+    #[sqlx(flatten)]
+    pub target: TargetRow,
 }
 
 impl ClaimRow {
     pub fn into_claimed(self, token: ClaimToken) -> StoreResult<Claimed> {
-        let target = TargetRow {
-            uid: self.uid,
-            org_id: self.org_id,
-            url: self.url,
-            secret: self.secret,
-            old_secret: self.old_secret,
-            old_secret_expires_ms: self.old_secret_expires_ms,
-            headers: self.headers,
-            live: self.live,
-        };
         Ok(Claimed {
             delivery: DeliveryId(self.id),
             token,
@@ -281,7 +299,8 @@ impl ClaimRow {
                 created: Timestamp::from_millis(self.event_created_ms),
                 body: self.body.into(),
             }),
-            endpoint: Arc::new(target.into_target()?),
+            endpoint: Arc::new(self.target.into_target()?),
+            not_before: None,
         })
     }
 }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::model::{
-    AttemptRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, NewEvent, Outcome, Published,
+    AttemptRecord, EventTypeChange, EventTypeRecord, EventTypeVersion, NewEvent, Outcome,
+    Published, Signal,
 };
 use super::{StoreError, StoreResult};
 use crate::domain::{EndpointUid, EventSchema, Timestamp};
@@ -52,7 +53,14 @@ pub(crate) struct Health {
     pub succeeded: bool,
     /// Otherwise, when the earliest failed attempt started.
     pub failing_from: Option<Timestamp>,
+    /// It answered `410 Gone`: disable it.
+    pub gone: bool,
+    /// It answered as overloaded: hold it back until then.
+    pub paused_until: Option<Timestamp>,
 }
+
+/// Why an endpoint that answered `410 Gone` was disabled.
+pub(crate) const GONE_REASON: &str = "disabled automatically: the endpoint answered 410 Gone";
 
 /// The health of each endpoint that had an attempt made in `records`.
 pub(crate) fn health(records: &[AttemptRecord]) -> Vec<Health> {
@@ -62,7 +70,16 @@ pub(crate) fn health(records: &[AttemptRecord]) -> Vec<Health> {
             endpoint: r.endpoint,
             succeeded: false,
             failing_from: None,
+            gone: false,
+            paused_until: None,
         });
+        match r.signal {
+            Some(Signal::Gone) => h.gone = true,
+            Some(Signal::Overloaded { until }) => {
+                h.paused_until = Some(h.paused_until.map_or(until, |u| u.max(until)));
+            }
+            None => {}
+        }
         if r.outcome == Outcome::Delivered {
             h.succeeded = true;
         } else {
@@ -219,6 +236,8 @@ mod tests {
             error_class: None,
             response_body: None,
             outcome,
+            queued: false,
+            signal: None,
         };
         let h = health(&[
             record(1, 5, Outcome::Failed),

@@ -14,6 +14,7 @@ mod disk;
 mod endpoints;
 mod engine;
 mod errors;
+mod flow;
 pub mod helpers;
 mod on_postgres;
 mod operator;

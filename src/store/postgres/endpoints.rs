@@ -108,8 +108,9 @@ pub(super) async fn create(
 ) -> StoreResult<EndpointRecord> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     sqlx::query(
-        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers) \
-         VALUES ($1, $2, $5, $3, $4, $4, CASE WHEN $5 THEN NULL ELSE $4 END, $6)",
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers, \
+           rate_limit, rate_burst, fifo) \
+         VALUES ($1, $2, $5, $3, $4, $4, CASE WHEN $5 THEN NULL ELSE $4 END, $6, $7, $8, $9)",
     )
     .bind(new.org_id.as_str())
     .bind(&new.url)
@@ -117,6 +118,9 @@ pub(super) async fn create(
     .bind(new.now.millis())
     .bind(new.enabled)
     .bind(new.sealed_headers.as_deref())
+    .bind(new.flow.rate_limit.map(|n| n as i32))
+    .bind(new.flow.burst.map(|n| n as i32))
+    .bind(new.flow.fifo)
     .execute(&mut *tx)
     .await
     .map_err(unique_or(&new.url))?;
@@ -173,13 +177,16 @@ pub(super) async fn update(
     let mut tx = pool.begin().await.map_err(map_err)?;
     let current = fetch_live(&mut tx, org, url).await?;
     let new_url = patch.url.as_deref().unwrap_or(url);
+    let flow = patch.flow.apply(current.flow);
     sqlx::query(
         "UPDATE endpoints SET url = $1, enabled = $2, secret = COALESCE($3, secret), modified_ms = $4, \
            old_secret = CASE WHEN $6 THEN NULL ELSE old_secret END, \
            old_secret_expires_ms = CASE WHEN $6 THEN NULL ELSE old_secret_expires_ms END, \
            disabled_reason = NULL, disabled_ms = CASE WHEN $2 THEN NULL ELSE COALESCE(disabled_ms, $4) END, \
            failing_since_ms = CASE WHEN $2 THEN NULL ELSE failing_since_ms END, \
-           headers = CASE WHEN $7 THEN $8 ELSE headers END \
+           headers = CASE WHEN $7 THEN $8 ELSE headers END, \
+           rate_limit = $9, rate_burst = $10, fifo = $11, \
+           paused_until_ms = CASE WHEN $2 THEN NULL ELSE paused_until_ms END \
          WHERE uid = $5",
     )
     .bind(new_url)
@@ -190,9 +197,17 @@ pub(super) async fn update(
     .bind(patch.sealed_secret.is_some())
     .bind(patch.sealed_headers.is_some())
     .bind(patch.sealed_headers.clone().flatten())
+    .bind(flow.rate_limit.map(|n| n as i32))
+    .bind(flow.burst.map(|n| n as i32))
+    .bind(flow.fifo)
     .execute(&mut *tx)
     .await
     .map_err(unique_or(new_url))?;
+    if flow.queued() != current.flow.queued() {
+        super::flow::settings_changed(&mut tx, current.uid.0, flow.queued(), patch.now)
+            .await
+            .map_err(map_err)?;
+    }
     if let Some(event_types) = &patch.event_types {
         write_subscriptions(&mut tx, org, current.uid, event_types).await?;
     }

@@ -16,6 +16,7 @@
 
 mod admin;
 mod endpoints;
+mod flow;
 mod listen;
 mod log;
 mod notices;

@@ -20,15 +20,18 @@ pub(super) async fn store(
     for notice in notices {
         for org in notice.orgs(operator) {
             sqlx::query(
-                "WITH subs AS (SELECT e.uid FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+                "WITH subs AS (SELECT e.uid, (e.fifo OR e.rate_limit IS NOT NULL) AS queued \
+                               FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
                                WHERE t.org_id = $2 AND t.event_name = $3 AND t.subcategory = '' \
                                  AND e.enabled AND e.deleted_ms IS NULL AND e.uid <> $6), \
                  ev AS (INSERT INTO events (id, org_id, event_name, subcategory, body, deliveries, created_ms) \
                         SELECT $1, $2, $3, NULL, $4, (SELECT COUNT(*) FROM subs), $5 \
                         WHERE EXISTS (SELECT 1 FROM subs) RETURNING seq), \
                  d AS (INSERT INTO deliveries (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, \
-                         created_ms, updated_ms) \
-                       SELECT ev.seq, subs.uid, $2, 'pending', 0, $5, $5, $5 FROM ev, subs RETURNING id) \
+                         created_ms, updated_ms, held) \
+                       SELECT ev.seq, subs.uid, $2, 'pending', 0, $5, $5, $5, subs.queued FROM ev, subs RETURNING id), \
+                 f AS (UPDATE endpoints SET flow_next_ms = LEAST(COALESCE(flow_next_ms, $5), $5) \
+                       WHERE uid IN (SELECT uid FROM subs WHERE queued) AND EXISTS (SELECT 1 FROM ev)) \
                  SELECT pg_notify($7, '') FROM (SELECT 1 FROM d LIMIT 1) AS stored",
             )
             .bind(EventId::generate(now).as_str())

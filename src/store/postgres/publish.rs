@@ -10,11 +10,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use sqlx::PgPool;
 
 use super::{map_err, retrying, WORK_CHANNEL};
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, OrgId, Timestamp};
+use crate::domain::{ClaimToken, DeliveryId, EventId};
+use crate::store::rows::{TargetRow, TARGET_COLUMNS};
 use crate::store::rules::Deduped;
 use crate::store::{
     Claimed, NewEvent, Payload, PublishBatch, PublishResult, Published, StoreError, StoreResult,
@@ -23,16 +23,11 @@ use crate::store::{
 
 /// A live, enabled endpoint of one route of the group (`route` indexes the group's
 /// distinct routes).
-#[derive(Debug, Deserialize, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 struct RoutedRow {
     route: i64,
-    uid: i64,
-    org_id: String,
-    url: String,
-    secret: Vec<u8>,
-    old_secret: Option<Vec<u8>>,
-    old_secret_expires_ms: Option<i64>,
-    headers: Option<Vec<u8>>,
+    #[sqlx(flatten)]
+    target: TargetRow,
 }
 
 type Route<'a> = (&'a str, &'a str, &'a str);
@@ -59,15 +54,15 @@ async fn routes<'a>(
             keys.push(r);
         }
     }
-    let rows = sqlx::query_as::<_, RoutedRow>(
-        "SELECT r.n - 1 AS route, e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms, e.headers \
+    let rows = sqlx::query_as::<_, RoutedRow>(&format!(
+        "SELECT r.n - 1 AS route, {TARGET_COLUMNS} \
          FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) WITH ORDINALITY AS r(org_id, event_name, subcategory, n) \
          JOIN endpoint_event_types t ON t.org_id = r.org_id \
            AND ((t.event_name = r.event_name AND t.subcategory = r.subcategory) \
                 OR (t.event_name = '*' AND t.subcategory = '')) \
          JOIN endpoints e ON e.uid = t.endpoint_uid \
-         WHERE e.enabled AND e.deleted_ms IS NULL ORDER BY r.n, e.uid",
-    )
+         WHERE e.enabled AND e.deleted_ms IS NULL ORDER BY r.n, e.uid"
+    ))
     .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
@@ -81,18 +76,9 @@ async fn routes<'a>(
             .ok()
             .and_then(|i| keys.get(i))
             .ok_or_else(|| StoreError::corrupt("route index"))?;
-        let target = Target {
-            uid: EndpointUid(row.uid),
-            org_id: OrgId::parse(&row.org_id).map_err(StoreError::corrupt)?,
-            url: row.url,
-            sealed_secret: row.secret,
-            old_secret: row
-                .old_secret
-                .zip(row.old_secret_expires_ms.map(Timestamp::from_millis)),
-            sealed_headers: row.headers,
-            live: true,
-        };
-        out.entry(*key).or_default().push(Arc::new(target));
+        out.entry(*key)
+            .or_default()
+            .push(Arc::new(row.target.into_target()?));
     }
     Ok(out)
 }
@@ -146,10 +132,12 @@ pub(super) async fn publish(pool: &PgPool, batch: PublishBatch) -> StoreResult<P
     let mut planned: Vec<Planned> = Vec::new();
     for (i, ev) in unique.iter().enumerate() {
         for target in &routes[&route_of(ev)] {
-            let leased = batch
-                .lease
-                .as_ref()
-                .is_some_and(|l| l.budget.try_take(target.uid));
+            // An endpoint with a flow queue gets its deliveries there, in publish order.
+            let leased = !target.flow.queued()
+                && batch
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.budget.try_take(target.uid));
             planned.push(Planned {
                 event: i,
                 target: target.clone(),
@@ -169,6 +157,13 @@ pub(super) async fn publish(pool: &PgPool, batch: PublishBatch) -> StoreResult<P
         .as_ref()
         .map_or((None, now), |l| (Some(l.token.0), l.until));
     let unleased = planned.iter().any(|p| !p.leased);
+    let mut flowing: Vec<i64> = planned
+        .iter()
+        .filter(|p| p.target.flow.queued())
+        .map(|p| p.target.uid.0)
+        .collect();
+    flowing.sort_unstable();
+    flowing.dedup();
     let stored = retrying(|| {
         sqlx::query_as::<_, StoredRow>(
             "WITH ev AS ( \
@@ -180,12 +175,15 @@ pub(super) async fn publish(pool: &PgPool, batch: PublishBatch) -> StoreResult<P
                RETURNING seq, id), \
              d AS ( \
                INSERT INTO deliveries (event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, \
-                 claim_token, created_ms, updated_ms) \
+                 claim_token, created_ms, updated_ms, held) \
                SELECT ev.seq, y.uid, y.org_id, 'pending', 0, \
-                 CASE WHEN y.leased THEN $12 ELSE $8 END, CASE WHEN y.leased THEN $13::BIGINT END, $8, $8 \
-               FROM UNNEST($9::TEXT[], $10::BIGINT[], $11::TEXT[], $14::BOOL[]) AS y(event_id, uid, org_id, leased) \
-               JOIN ev ON ev.id = y.event_id \
-               RETURNING id, event_seq, endpoint_uid) \
+                 CASE WHEN y.leased THEN $12 ELSE $8 END, CASE WHEN y.leased THEN $13::BIGINT END, $8, $8, y.held \
+               FROM UNNEST($9::TEXT[], $10::BIGINT[], $11::TEXT[], $14::BOOL[], $17::BOOL[]) \
+                 WITH ORDINALITY AS y(event_id, uid, org_id, leased, held, n) \
+               JOIN ev ON ev.id = y.event_id ORDER BY y.n \
+               RETURNING id, event_seq, endpoint_uid), \
+             f AS ( \
+               UPDATE endpoints SET flow_next_ms = LEAST(COALESCE(flow_next_ms, $8), $8) WHERE uid = ANY($18)) \
              SELECT ev.id AS event_id, d.id AS delivery_id, d.endpoint_uid, \
                (SELECT COUNT(*) FROM (SELECT pg_notify($15, '') WHERE $16) n) AS notified \
              FROM ev LEFT JOIN d ON d.event_seq = ev.seq",
@@ -206,6 +204,8 @@ pub(super) async fn publish(pool: &PgPool, batch: PublishBatch) -> StoreResult<P
         .bind(planned.iter().map(|p| p.leased).collect::<Vec<_>>())
         .bind(WORK_CHANNEL)
         .bind(unleased)
+        .bind(planned.iter().map(|p| p.target.flow.queued()).collect::<Vec<_>>())
+        .bind(&flowing)
         .fetch_all(pool)
     })
     .await;
@@ -248,6 +248,7 @@ pub(super) async fn publish(pool: &PgPool, batch: PublishBatch) -> StoreResult<P
                     retry_base: 0,
                     event,
                     endpoint: p.target.clone(),
+                    not_before: None,
                 });
             }
             Some(_) => {}

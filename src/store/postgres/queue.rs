@@ -3,11 +3,12 @@
 
 use sqlx::PgPool;
 
+use super::flow::{self, QUEUED};
 use super::notices;
 use super::{map_err, retrying, WORK_CHANNEL};
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
 use crate::store::notices::{FailedRow, StandingRow, FAILED_COLUMNS};
-use crate::store::rows::ClaimRow;
+use crate::store::rows::{ClaimRow, TARGET_COLUMNS};
 use crate::store::rules::{self, Health};
 use crate::store::{
     AttemptRecord, ClaimRequest, HealthPolicy, Outcome, StoreError, StoreResult, DOUBLE_CLICK_MS,
@@ -25,10 +26,11 @@ pub(super) async fn claim_due(
     let (held_uids, held_n): (Vec<i64>, Vec<i64>) =
         req.held.iter().map(|(u, n)| (u.0, i64::from(*n))).unzip();
     let full: Vec<i64> = req.full().iter().map(|u| u.0).collect();
-    sqlx::query_as::<_, ClaimRow>(
+    sqlx::query_as::<_, ClaimRow>(&format!(
         "WITH busy AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS b(uid, n)), \
          due AS (SELECT id, endpoint_uid, next_attempt_ms FROM deliveries \
-                 WHERE state = 'pending' AND next_attempt_ms <= $3 AND endpoint_uid <> ALL($4::BIGINT[]) \
+                 WHERE state = 'pending' AND NOT held AND next_attempt_ms <= $3 \
+                   AND endpoint_uid <> ALL($4::BIGINT[]) \
                  ORDER BY next_attempt_ms LIMIT $5 FOR UPDATE SKIP LOCKED), \
          ranked AS (SELECT id, endpoint_uid, \
                       ROW_NUMBER() OVER (PARTITION BY endpoint_uid ORDER BY next_attempt_ms, id) AS rn FROM due), \
@@ -38,9 +40,8 @@ pub(super) async fn claim_due(
          FROM events ev, endpoints e \
          WHERE d.id = ANY(ARRAY(SELECT id FROM picked)) AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
          RETURNING d.id, d.attempts, d.retry_base, ev.id AS event_id, ev.created_ms AS event_created_ms, ev.body, \
-                   e.uid, e.org_id, e.url, e.secret, e.old_secret, e.old_secret_expires_ms, e.headers, \
-                   (e.enabled AND e.deleted_ms IS NULL) AS live",
-    )
+                   {TARGET_COLUMNS}"
+    ))
     .bind(held_uids)
     .bind(held_n)
     .bind(req.now.millis())
@@ -73,10 +74,12 @@ pub(super) async fn record_attempts(
     operator: Option<&OrgId>,
 ) -> StoreResult<()> {
     let health = rules::health(records);
-    let used_up = records
-        .iter()
-        .any(|r| r.outcome == Outcome::Failed && r.attempt_no.is_some());
-    if !used_up {
+    // Used-up schedules, flow queues and receivers' signals take the transaction.
+    let simple = records.iter().all(|r| {
+        let used_up = r.outcome == Outcome::Failed && r.attempt_no.is_some();
+        !used_up && !r.queued && r.signal.is_none()
+    });
+    if simple {
         let written =
             retrying(|| outcomes(records, &health, now, policy, false).fetch_one(pool)).await?;
         if written.0 {
@@ -108,9 +111,11 @@ async fn record_telling(
     .bind(health.iter().map(|h| h.endpoint.0).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
-    let (_, used_up, disabled): Written = outcomes(records, health, now, policy, true)
+    let (_, used_up, mut disabled): Written = outcomes(records, health, now, policy, true)
         .fetch_one(&mut *tx)
         .await?;
+    disabled.extend(flow::signals(&mut tx, health, now).await?);
+    flow::outcomes(&mut tx, records, now).await?;
     let mut made = Vec::new();
     if !used_up.is_empty() {
         let failed = sqlx::query_as::<_, FailedRow>(&format!(
@@ -130,7 +135,8 @@ async fn record_telling(
             continue;
         };
         if b.enabled && disabled.contains(&b.uid) {
-            made.push(b.disabled(&reason, now).map_err(corrupt)?);
+            let reason = if h.gone { rules::GONE_REASON } else { &reason };
+            made.push(b.disabled(reason, now).map_err(corrupt)?);
         }
         made.extend(b.recovered(h, now, policy).map_err(corrupt)?);
     }
@@ -156,9 +162,9 @@ fn outcomes<'q>(
                   WHERE (h.ok AND e.failing_since_ms <= $20) \
                      OR (NOT h.ok AND e.enabled AND COALESCE(e.failing_since_ms, h.failing_from) <= $17)) AS go), \
          x AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[], \
-                          $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[]) \
+                          $6::BIGINT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::BIGINT[], $21::BOOL[]) \
                         AS x(delivery_id, token, attempt_no, started_ms, latency_ms, status_code, error, error_class, \
-                             response_body, state, next_ms) \
+                             response_body, state, next_ms, held) \
                WHERE (SELECT go FROM go)), \
          a AS (INSERT INTO attempts (delivery_id, attempt_no, started_ms, latency_ms, status_code, error, \
                  error_class, response_body) \
@@ -166,7 +172,7 @@ fn outcomes<'q>(
                FROM x WHERE attempt_no IS NOT NULL), \
          u AS (UPDATE deliveries d SET state = x.state, next_attempt_ms = COALESCE(x.next_ms, d.next_attempt_ms), \
                  attempts = COALESCE(x.attempt_no, d.attempts), claim_token = NULL, last_status = x.status_code, \
-                 last_error = x.error, updated_ms = $12 \
+                 last_error = x.error, updated_ms = $12, held = x.held \
                FROM x WHERE d.id = ANY($1::BIGINT[]) AND d.id = x.delivery_id AND d.claim_token = x.token \
                RETURNING d.id, d.endpoint_uid, d.state, x.attempt_no), \
          s AS (INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) \
@@ -211,6 +217,12 @@ fn outcomes<'q>(
     .bind(rules::auto_disable_reason(policy.disable_after))
     .bind(telling)
     .bind(recovered_by)
+    .bind(
+        records
+            .iter()
+            .map(|r| r.queued && r.outcome.next_attempt().is_some())
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Makes claimed deliveries due at `at`; returns how many were released.
@@ -221,9 +233,13 @@ pub(super) async fn release(
     at: Timestamp,
 ) -> StoreResult<u64> {
     let released: i64 = sqlx::query_scalar(
-        "WITH released AS (UPDATE deliveries SET next_attempt_ms = $1, claim_token = NULL \
-           WHERE claim_token = $2 AND state = 'pending' AND id = ANY($3) RETURNING 1) \
-         SELECT COUNT(*) FROM released LEFT JOIN LATERAL (SELECT pg_notify($4, '')) n ON TRUE",
+        &format!(
+            "WITH released AS (UPDATE deliveries d SET next_attempt_ms = $1, claim_token = NULL, held = {QUEUED} \
+               WHERE claim_token = $2 AND state = 'pending' AND id = ANY($3) RETURNING endpoint_uid, held), \
+             f AS (UPDATE endpoints SET flow_next_ms = LEAST(COALESCE(flow_next_ms, $1), $1) \
+               WHERE uid IN (SELECT endpoint_uid FROM released WHERE held)) \
+         SELECT COUNT(*) FROM released LEFT JOIN LATERAL (SELECT pg_notify($4, '')) n ON TRUE"
+        ),
     )
     .bind(at.millis())
     .bind(token.0)
@@ -244,7 +260,7 @@ pub(super) async fn park_endpoint(
     // Through the due index: what is due now, of this endpoint.
     sqlx::query(
         "UPDATE deliveries SET next_attempt_ms = $1 \
-         WHERE state = 'pending' AND next_attempt_ms <= $3 AND endpoint_uid = $2",
+         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= $3 AND endpoint_uid = $2",
     )
     .bind(until.millis())
     .bind(uid.0)
@@ -264,13 +280,18 @@ pub(super) async fn retry_delivery(
     now: Timestamp,
 ) -> StoreResult<u64> {
     let queued: i64 = sqlx::query_scalar(
-        "WITH q AS (UPDATE deliveries SET \
-             retry_base = CASE WHEN state = 'pending' THEN retry_base ELSE attempts END, \
-             state = 'pending', next_attempt_ms = $3, claim_token = NULL, updated_ms = $3, retried_ms = $3 \
-           WHERE org_id = $1 AND id = $2 \
-             AND NOT (state = 'pending' AND claim_token IS NOT NULL AND next_attempt_ms > $3) \
-             AND (retried_ms IS NULL OR retried_ms < $4) RETURNING 1) \
-         SELECT COUNT(*) FROM q LEFT JOIN LATERAL (SELECT pg_notify($5, '')) n ON TRUE",
+        &format!(
+            "WITH q AS (UPDATE deliveries d SET \
+                 retry_base = CASE WHEN state = 'pending' THEN retry_base ELSE attempts END, \
+                 state = 'pending', next_attempt_ms = $3, claim_token = NULL, updated_ms = $3, retried_ms = $3, \
+                 held = {QUEUED} \
+               WHERE org_id = $1 AND id = $2 \
+                 AND NOT (state = 'pending' AND claim_token IS NOT NULL AND next_attempt_ms > $3) \
+                 AND (retried_ms IS NULL OR retried_ms < $4) RETURNING endpoint_uid, held), \
+             f AS (UPDATE endpoints SET flow_next_ms = LEAST(COALESCE(flow_next_ms, $3), $3) \
+               WHERE uid IN (SELECT endpoint_uid FROM q WHERE held)) \
+         SELECT COUNT(*) FROM q LEFT JOIN LATERAL (SELECT pg_notify($5, '')) n ON TRUE"
+        ),
     )
     .bind(org.as_str())
     .bind(id.0)
@@ -292,11 +313,15 @@ pub(super) async fn recover_failed(
     now: Timestamp,
 ) -> StoreResult<u64> {
     let queued: i64 = sqlx::query_scalar(
-        "WITH q AS (UPDATE deliveries SET state = 'pending', next_attempt_ms = $5, retry_base = attempts, \
-             claim_token = NULL, updated_ms = $5 \
-           WHERE org_id = $1 AND endpoint_uid = $2 AND state = 'failed' AND created_ms >= $3 AND created_ms < $4 \
-           RETURNING 1) \
-         SELECT COUNT(*) FROM q LEFT JOIN LATERAL (SELECT pg_notify($6, '') WHERE EXISTS (SELECT 1 FROM q)) n ON TRUE",
+        &format!(
+            "WITH q AS (UPDATE deliveries d SET state = 'pending', next_attempt_ms = $5, retry_base = attempts, \
+                 claim_token = NULL, updated_ms = $5, held = {QUEUED} \
+               WHERE org_id = $1 AND endpoint_uid = $2 AND state = 'failed' AND created_ms >= $3 AND created_ms < $4 \
+               RETURNING endpoint_uid, held), \
+             f AS (UPDATE endpoints SET flow_next_ms = LEAST(COALESCE(flow_next_ms, $5), $5) \
+               WHERE uid IN (SELECT endpoint_uid FROM q WHERE held)) \
+         SELECT COUNT(*) FROM q LEFT JOIN LATERAL (SELECT pg_notify($6, '') WHERE EXISTS (SELECT 1 FROM q)) n ON TRUE"
+        ),
     )
     .bind(org.as_str())
     .bind(uid.0)
@@ -352,11 +377,14 @@ pub(super) async fn prune(pool: &PgPool, cutoff: Timestamp, batch: u32) -> Store
 }
 
 pub(super) async fn next_due(pool: &PgPool) -> StoreResult<Option<Timestamp>> {
-    let ms: Option<i64> =
-        sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'")
-            .fetch_one(pool)
-            .await
-            .map_err(map_err)?;
+    // Due deliveries, and flow queues to look at.
+    let ms: Option<i64> = sqlx::query_scalar(
+        "SELECT LEAST((SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending' AND NOT held), \
+                      (SELECT MIN(flow_next_ms) FROM endpoints WHERE flow_next_ms IS NOT NULL))",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(map_err)?;
     Ok(ms.map(Timestamp::from_millis))
 }
 

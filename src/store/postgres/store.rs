@@ -17,11 +17,16 @@ impl Queue for PgStore {
     }
 
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
-        retrying(|| queue::claim_due(&self.queue_pool, request))
-            .await?
-            .into_iter()
-            .map(|row| row.into_claimed(request.token))
-            .collect()
+        let mut claimed = Vec::new();
+        for (row, not_before) in retrying(|| flow::pump(&self.queue_pool, request)).await? {
+            let mut c = row.into_claimed(request.token)?;
+            c.not_before = not_before.map(Timestamp::from_millis);
+            claimed.push(c);
+        }
+        for row in retrying(|| queue::claim_due(&self.queue_pool, request)).await? {
+            claimed.push(row.into_claimed(request.token)?);
+        }
+        Ok(claimed)
     }
 
     async fn record_attempts(

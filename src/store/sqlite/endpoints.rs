@@ -97,8 +97,9 @@ fn fetch_live(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<Endpoint
 
 pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
     tx.prepare_cached(
-        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers) \
-         VALUES (?1, ?2, ?5, ?3, ?4, ?4, CASE WHEN ?5 THEN NULL ELSE ?4 END, ?6)",
+        "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers, \
+           rate_limit, rate_burst, fifo) \
+         VALUES (?1, ?2, ?5, ?3, ?4, ?4, CASE WHEN ?5 THEN NULL ELSE ?4 END, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -107,7 +108,10 @@ pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<Endpoint
             new.sealed_secret,
             new.now.millis(),
             new.enabled,
-            new.sealed_headers
+            new.sealed_headers,
+            new.flow.rate_limit,
+            new.flow.burst,
+            new.flow.fifo
         ])
     })
     .map_err(unique_or(&new.url))?;
@@ -154,13 +158,16 @@ pub(super) fn update(
 ) -> StoreResult<(EndpointRecord, EndpointRecord)> {
     let current = fetch_live(tx, org, url)?;
     let new_url = patch.url.as_deref().unwrap_or(url);
+    let flow = patch.flow.apply(current.flow);
     tx.prepare_cached(
         "UPDATE endpoints SET url = ?1, enabled = ?2, secret = COALESCE(?3, secret), modified_ms = ?4, \
            old_secret = CASE WHEN ?6 THEN NULL ELSE old_secret END, \
            old_secret_expires_ms = CASE WHEN ?6 THEN NULL ELSE old_secret_expires_ms END, \
            disabled_reason = NULL, disabled_ms = CASE WHEN ?2 THEN NULL ELSE COALESCE(disabled_ms, ?4) END, \
            failing_since_ms = CASE WHEN ?2 THEN NULL ELSE failing_since_ms END, \
-           headers = CASE WHEN ?7 THEN ?8 ELSE headers END \
+           headers = CASE WHEN ?7 THEN ?8 ELSE headers END, \
+           rate_limit = ?9, rate_burst = ?10, fifo = ?11, \
+           paused_until_ms = CASE WHEN ?2 THEN NULL ELSE paused_until_ms END \
          WHERE uid = ?5",
     )
     .and_then(|mut stmt| {
@@ -172,10 +179,16 @@ pub(super) fn update(
             current.uid.0,
             patch.sealed_secret.is_some(),
             patch.sealed_headers.is_some(),
-            patch.sealed_headers.clone().flatten()
+            patch.sealed_headers.clone().flatten(),
+            flow.rate_limit,
+            flow.burst,
+            flow.fifo
         ])
     })
     .map_err(unique_or(new_url))?;
+    if flow.queued() != current.flow.queued() {
+        super::flow::settings_changed(tx, current.uid.0, flow.queued(), patch.now.millis())?;
+    }
     if let Some(event_types) = &patch.event_types {
         write_subscriptions(tx, org, current.uid, event_types)?;
     }

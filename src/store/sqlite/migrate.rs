@@ -60,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "event type schemas",
         sql: include_str!("../../../migrations/sqlite/0008_event_type_schemas.sql"),
     },
+    Migration {
+        version: 9,
+        description: "flow control",
+        sql: include_str!("../../../migrations/sqlite/0009_flow_control.sql"),
+    },
 ];
 
 pub(super) fn run(conn: &mut Connection) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 mod admin;
 pub mod backup;
 mod endpoints;
+mod flow;
 mod log;
 mod migrate;
 mod notices;

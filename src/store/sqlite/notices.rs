@@ -62,9 +62,11 @@ pub(super) fn store(
                 execute(
                     conn,
                     "INSERT INTO deliveries (id, event_seq, endpoint_uid, org_id, state, attempts, \
-                       next_attempt_ms, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)",
+                       next_attempt_ms, created_ms, updated_ms, held) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5, \
+                       (SELECT fifo OR rate_limit IS NOT NULL FROM endpoints WHERE uid = ?3))",
                     params![id, seq, target.uid, org.as_str(), now.millis()],
                 )?;
+                super::flow::look_by(conn, target.uid, now.millis())?;
             }
             w.wake = true;
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 
+use super::flow;
 use super::sql::{execute, first, rows, scalar};
 use super::thread::{Caches, RouteKey, Write};
 use crate::domain::{DeliveryId, EventId};
@@ -103,6 +104,7 @@ fn store(
     let deduped = Deduped::new(&batch.events);
     let mut answers = Vec::with_capacity(deduped.unique.len());
     let mut unleased = 0;
+    let mut flowing = std::collections::HashSet::new();
     let mut next_id: i64 = scalar::<i64>(
         conn,
         "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0)",
@@ -144,14 +146,16 @@ fn store(
             body: ev.body.clone(),
         });
         for target in targets.iter() {
+            // An endpoint with a flow queue gets its deliveries there, in publish order.
+            let queued = target.flow.queued();
             let lease = batch
                 .lease
                 .as_ref()
-                .filter(|l| l.budget.try_take(target.uid));
+                .filter(|l| !queued && l.budget.try_take(target.uid));
             execute(
                 conn,
                 "INSERT INTO deliveries (id, event_seq, endpoint_uid, org_id, state, attempts, next_attempt_ms, \
-                   claim_token, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?7)",
+                   claim_token, created_ms, updated_ms, held) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?7, ?7, ?8)",
                 params![
                     next_id,
                     seq,
@@ -159,9 +163,13 @@ fn store(
                     ev.org_id.as_str(),
                     lease.map_or(now, |l| l.until).millis(),
                     lease.map(|l| l.token.0),
-                    now.millis()
+                    now.millis(),
+                    queued
                 ],
             )?;
+            if queued && flowing.insert(target.uid.0) {
+                flow::look_by(conn, target.uid.0, now.millis())?;
+            }
             match lease {
                 Some(l) => leased.push(Claimed {
                     delivery: DeliveryId(next_id),
@@ -170,6 +178,7 @@ fn store(
                     retry_base: 0,
                     event: payload.clone(),
                     endpoint: target.clone(),
+                    not_before: None,
                 }),
                 None => unleased += 1,
             }

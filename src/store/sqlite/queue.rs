@@ -7,9 +7,9 @@ use std::sync::Arc;
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::notices;
 use super::sql::{execute, first, pairs, rows};
 use super::thread::{Caches, Write};
+use super::{flow, notices};
 use crate::domain::notice::Notice;
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
 use crate::store::notices::{FailedRow, StandingRow, FAILED_COLUMNS};
@@ -27,6 +27,13 @@ struct LeasedRow {
     endpoint_uid: i64,
     attempts: i64,
     retry_base: i64,
+}
+
+/// A delivery made pending again, and whether into its endpoint's flow queue.
+#[derive(Deserialize)]
+struct Requeued {
+    endpoint_uid: i64,
+    held: bool,
 }
 
 #[derive(Deserialize)]
@@ -62,30 +69,36 @@ fn json_ids(ids: impl Iterator<Item = i64>) -> StoreResult<String> {
     serde_json::to_string(&ids.collect::<Vec<_>>()).map_err(|e| StoreError::Other(e.into()))
 }
 
-/// Leases due deliveries: in due order, skipping endpoints that hold their limit here
-/// and taking at most each endpoint's room; three statements whatever the size.
+/// Leases due deliveries: first what the flow queues due now release (see
+/// `store/flow.rs`), then due ones in due order, skipping endpoints that hold their
+/// limit here and taking at most each endpoint's room.
 pub(super) fn claim_due(w: &mut Write<'_>, req: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
     let (tx, caches) = (w.conn, &mut *w.caches);
+    let mut room: HashMap<i64, u32> = HashMap::new();
+    let released = flow::pump(tx, req, &mut room)?;
+    let not_before: HashMap<i64, i64> = released
+        .iter()
+        .filter_map(|(id, at)| at.map(|at| (*id, at)))
+        .collect();
+    let mut picked: Vec<i64> = released.into_iter().map(|(id, _)| id).collect();
     // Due rows in due order (the due index covers both columns), then, here, at most
     // each endpoint's room: rows of endpoints that are full are passed over.
     let due = pairs(
         tx,
         "SELECT id, endpoint_uid FROM deliveries \
-         WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
         params![req.now.millis(), i64::from(req.limit) * 2],
     )?;
-    let mut room: HashMap<i64, u32> = HashMap::new();
-    let mut picked = Vec::new();
     for (id, endpoint) in due {
+        if picked.len() >= req.limit as usize {
+            break;
+        }
         let left = room
             .entry(endpoint)
             .or_insert_with(|| req.room(EndpointUid(endpoint)));
         if *left > 0 {
             *left -= 1;
             picked.push(id);
-            if picked.len() == req.limit as usize {
-                break;
-            }
         }
     }
     if picked.is_empty() {
@@ -93,7 +106,7 @@ pub(super) fn claim_due(w: &mut Write<'_>, req: &ClaimRequest) -> StoreResult<Ve
     }
     let leased = rows::<LeasedRow>(
         tx,
-        "UPDATE deliveries SET next_attempt_ms = ?1, claim_token = ?2 \
+        "UPDATE deliveries SET next_attempt_ms = ?1, claim_token = ?2, held = 0 \
          WHERE id IN (SELECT value FROM json_each(?3)) \
          RETURNING id, event_seq, endpoint_uid, attempts, retry_base",
         params![
@@ -130,6 +143,7 @@ pub(super) fn claim_due(w: &mut Write<'_>, req: &ClaimRequest) -> StoreResult<Ve
                 .cloned()
                 .ok_or(StoreError::NotFound)?,
             endpoint: target_by_uid(tx, caches, EndpointUid(l.endpoint_uid))?,
+            not_before: not_before.get(&l.id).copied().map(Timestamp::from_millis),
         });
     }
     Ok(claimed)
@@ -168,22 +182,38 @@ pub(super) fn record_attempts(
                 ],
             )?;
         }
+        // A retry of an endpoint with a flow queue waits in it.
+        let retry_at = r.outcome.next_attempt().map(Timestamp::millis);
         let changed = execute(
             tx,
             "UPDATE deliveries SET state = ?1, next_attempt_ms = COALESCE(?2, next_attempt_ms), \
                attempts = COALESCE(?3, attempts), claim_token = NULL, last_status = ?4, last_error = ?5, \
-               updated_ms = ?6 WHERE id = ?7 AND claim_token = ?8",
+               updated_ms = ?6, held = ?9 WHERE id = ?7 AND claim_token = ?8",
             params![
                 r.outcome.state().as_str(),
-                r.outcome.next_attempt().map(Timestamp::millis),
+                retry_at,
                 r.attempt_no,
                 r.status_code,
                 r.error,
                 now.millis(),
                 r.delivery.0,
-                r.token.0
+                r.token.0,
+                r.queued && retry_at.is_some()
             ],
         )?;
+        if changed == 1 && r.queued {
+            // A FIFO head's outcome frees its queue (it is no longer out: see
+            // `FLOW_COLUMNS`); a retry is looked for when due.
+            let look = retry_at.unwrap_or(now.millis());
+            execute(
+                tx,
+                "UPDATE endpoints SET flow_next_ms = MIN(COALESCE(flow_next_ms, ?2), ?2) \
+                 WHERE uid = ?1 AND (fifo OR ?3)",
+                params![r.endpoint.0, look, retry_at.is_some()],
+            )?;
+            // The dispatcher claims again (a FIFO queue's next is ready now).
+            w.wake = true;
+        }
         if changed == 1 && !matches!(r.outcome, Outcome::Retry { .. }) {
             let counts = finished.entry(r.endpoint).or_default();
             if r.outcome == Outcome::Delivered {
@@ -219,6 +249,25 @@ pub(super) fn record_attempts(
     }
     let mut disabled = false;
     for h in rules::health(records) {
+        if let Some(until) = h.paused_until {
+            execute(
+                tx,
+                "UPDATE endpoints SET paused_until_ms = MAX(COALESCE(paused_until_ms, 0), ?2) WHERE uid = ?1",
+                params![h.endpoint.0, until.millis()],
+            )?;
+        }
+        if h.gone {
+            let switched_off = first::<StandingRow>(
+                tx,
+                "UPDATE endpoints SET enabled = 0, disabled_ms = ?2, disabled_reason = ?3 \
+                 WHERE uid = ?1 AND enabled = 1 RETURNING uid, org_id, url, enabled, failing_since_ms",
+                params![h.endpoint.0, now.millis(), rules::GONE_REASON],
+            )?;
+            if let Some(row) = switched_off {
+                made.push(row.disabled(rules::GONE_REASON, now)?);
+                disabled = true;
+            }
+        }
         if h.succeeded {
             let written = w.caches.healthy_since.get(&h.endpoint).copied();
             if written.is_some_and(|ms| ms > now.millis() - HEALTH_EVERY_MS) {
@@ -280,12 +329,22 @@ pub(super) fn release(
     let tx = w.conn;
     let mut released = 0;
     for id in deliveries {
-        released += execute(
+        // Back in its flow queue, if its endpoint has one.
+        let back = first::<Requeued>(
             tx,
-            "UPDATE deliveries SET next_attempt_ms = ?1, claim_token = NULL \
-             WHERE id = ?2 AND claim_token = ?3 AND state = 'pending'",
+            &format!(
+                "UPDATE deliveries SET next_attempt_ms = ?1, claim_token = NULL, held = {} \
+                 WHERE id = ?2 AND claim_token = ?3 AND state = 'pending' RETURNING endpoint_uid, held",
+                flow::QUEUED
+            ),
             params![at.millis(), id.0, token.0],
         )?;
+        if let Some(back) = back {
+            released += 1;
+            if back.held {
+                flow::look_by(tx, back.endpoint_uid, at.millis())?;
+            }
+        }
     }
     w.wake |= released > 0;
     Ok(())
@@ -301,7 +360,7 @@ pub(super) fn park_endpoint(
     execute(
         w.conn,
         "UPDATE deliveries SET next_attempt_ms = ?1 \
-         WHERE state = 'pending' AND next_attempt_ms <= ?3 AND endpoint_uid = ?2",
+         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= ?3 AND endpoint_uid = ?2",
         params![until.millis(), uid.0, now.millis()],
     )?;
     Ok(())
@@ -328,17 +387,29 @@ pub(super) fn retry_delivery(
     // Not while an attempt is in flight, and not again within DOUBLE_CLICK_MS of the
     // last manual retry: a second click is the same request, even when the first one's
     // attempt has already been made.
-    let queued = execute(
+    // An endpoint with a flow queue takes it back there, in its place by id.
+    let queued = first::<Requeued>(
         w.conn,
-        "UPDATE deliveries SET \
-           retry_base = CASE WHEN state = 'pending' THEN retry_base ELSE attempts END, \
-           state = 'pending', next_attempt_ms = ?3, claim_token = NULL, updated_ms = ?3, retried_ms = ?3 \
-         WHERE org_id = ?1 AND id = ?2 \
-           AND NOT (state = 'pending' AND claim_token IS NOT NULL AND next_attempt_ms > ?3) \
-           AND (retried_ms IS NULL OR retried_ms < ?4)",
+        &format!(
+            "UPDATE deliveries SET \
+               retry_base = CASE WHEN state = 'pending' THEN retry_base ELSE attempts END, \
+               state = 'pending', next_attempt_ms = ?3, claim_token = NULL, updated_ms = ?3, retried_ms = ?3, \
+               held = {} \
+             WHERE org_id = ?1 AND id = ?2 \
+               AND NOT (state = 'pending' AND claim_token IS NOT NULL AND next_attempt_ms > ?3) \
+               AND (retried_ms IS NULL OR retried_ms < ?4) RETURNING endpoint_uid, held",
+            flow::QUEUED
+        ),
         params![org.as_str(), id.0, now.millis(), now.millis() - DOUBLE_CLICK_MS],
     )?;
-    w.wake |= queued > 0;
+    if let Some(Requeued {
+        endpoint_uid,
+        held: true,
+    }) = queued
+    {
+        flow::look_by(w.conn, endpoint_uid, now.millis())?;
+    }
+    w.wake |= queued.is_some();
     super::log::get_delivery(w.conn, org, id)
 }
 
@@ -352,11 +423,15 @@ pub(super) fn recover_failed(
 ) -> StoreResult<u64> {
     let queued = execute(
         w.conn,
-        "UPDATE deliveries SET state = 'pending', next_attempt_ms = ?5, retry_base = attempts, \
-           claim_token = NULL, updated_ms = ?5 \
-         WHERE org_id = ?1 AND endpoint_uid = ?2 AND state = 'failed' AND created_ms >= ?3 AND created_ms < ?4",
+        &format!(
+            "UPDATE deliveries SET state = 'pending', next_attempt_ms = ?5, retry_base = attempts, \
+               claim_token = NULL, updated_ms = ?5, held = {} \
+             WHERE org_id = ?1 AND endpoint_uid = ?2 AND state = 'failed' AND created_ms >= ?3 AND created_ms < ?4",
+            flow::QUEUED
+        ),
         params![org.as_str(), uid.0, since.millis(), until.map_or(i64::MAX, Timestamp::millis), now.millis()],
     )?;
+    flow::look_by(w.conn, uid.0, now.millis())?;
     w.wake |= queued > 0;
     Ok(queued as u64)
 }

@@ -112,9 +112,12 @@ impl Queue for SqliteStore {
     async fn next_due(&self) -> StoreResult<Option<Timestamp>> {
         self.readers
             .run(|c| {
+                // Due deliveries, and flow queues to look at.
                 let ms: Option<i64> = sql::scalar(
                     c,
-                    "SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'",
+                    "SELECT MIN(t) FROM ( \
+                       SELECT MIN(next_attempt_ms) AS t FROM deliveries WHERE state = 'pending' AND NOT held \
+                       UNION ALL SELECT MIN(flow_next_ms) FROM endpoints WHERE flow_next_ms IS NOT NULL)",
                     [],
                 )?;
                 Ok(ms.map(Timestamp::from_millis))

@@ -127,6 +127,7 @@ async fn endpoints_keep_their_subscriptions_and_uid_across_a_url_change() {
         event_types: subs.clone(),
         sealed_secret: vec![9],
         sealed_headers: Some(vec![7, 7]),
+        flow: Default::default(),
         enabled: true,
         now: Timestamp::now(),
     };
@@ -142,6 +143,7 @@ async fn endpoints_keep_their_subscriptions_and_uid_across_a_url_change() {
         event_types: Some(Vec::new()),
         sealed_secret: None,
         sealed_headers: None,
+        flow: Default::default(),
         enabled: false,
         now: Timestamp::now(),
     };

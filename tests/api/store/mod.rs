@@ -54,6 +54,7 @@ pub async fn endpoints(store: &DynStore, n: usize) -> Vec<EndpointUid> {
                 event_types: Vec::new(),
                 sealed_secret: vec![1, 2, 3],
                 sealed_headers: None,
+                flow: Default::default(),
                 enabled: true,
                 now: Timestamp::now(),
             })
@@ -127,6 +128,8 @@ pub fn outcome(c: &Claimed, outcome: Outcome) -> AttemptRecord {
         error_class: None,
         response_body: None,
         outcome,
+        queued: c.endpoint.flow.queued(),
+        signal: None,
     }
 }
 
