@@ -44,10 +44,11 @@ pub async fn run(
     api: SocketAddr,
     rx: SocketAddr,
     counters: &Counters,
-    conn: &mut Conn,
     n: usize,
     c: usize,
 ) -> anyhow::Result<Flow> {
+    // A connection of its own: posthorn closes one left idle (the header timeout).
+    let conn = &mut Conn::open(api).await?;
     let fifo_events = (n / 10).max(100) / 100 * 100;
     progress("flow: the receiver's round trip, one connection, one post at a time");
     let t = Instant::now();

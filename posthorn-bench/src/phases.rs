@@ -297,7 +297,7 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     }
 
     if on(Phase::Flow) {
-        report.flow = Some(crate::flow::run(api, rx, &counters, &mut conn, n, c).await?);
+        report.flow = Some(crate::flow::run(api, rx, &counters, n, c).await?);
     }
 
     if on(Phase::Growth) && args.history > 0 {

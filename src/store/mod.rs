@@ -108,7 +108,9 @@ pub trait Queue: Send + Sync {
         deliveries: Vec<DeliveryId>,
         at: Timestamp,
     ) -> StoreResult<()>;
-    /// Delays the due deliveries of an endpoint that is saturated with slow attempts.
+    /// Moves the deliveries of an endpoint due by `now` to `until`: later for one that is
+    /// saturated with slow attempts or held back, sooner (`until` before `now`) for one
+    /// whose circuit closed. Never a delivery leased and still in its lease.
     async fn park_endpoint(
         &self,
         endpoint: EndpointUid,

@@ -260,7 +260,8 @@ pub(super) async fn park_endpoint(
     // Through the due index: what is due now, of this endpoint.
     sqlx::query(
         "UPDATE deliveries SET next_attempt_ms = $1 \
-         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= $3 AND endpoint_uid = $2",
+         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= $3 AND endpoint_uid = $2 \
+           AND (claim_token IS NULL OR next_attempt_ms <= $1)",
     )
     .bind(until.millis())
     .bind(uid.0)

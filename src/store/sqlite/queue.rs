@@ -360,7 +360,8 @@ pub(super) fn park_endpoint(
     execute(
         w.conn,
         "UPDATE deliveries SET next_attempt_ms = ?1 \
-         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= ?3 AND endpoint_uid = ?2",
+         WHERE state = 'pending' AND NOT held AND next_attempt_ms <= ?3 AND endpoint_uid = ?2 \
+           AND (claim_token IS NULL OR next_attempt_ms <= ?1)",
         params![until.millis(), uid.0, now.millis()],
     )?;
     Ok(())
