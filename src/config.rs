@@ -185,12 +185,12 @@ pub struct DeliveryConfig {
     pub disable_on_gone: bool,
 
     /// Longest an endpoint is held back after an overloaded answer (429, 502, 503, 504),
-    /// whatever its `Retry-After` asks.
+    /// whatever its `Retry-After` asks (`0`: such answers hold back only their delivery).
     #[arg(long, env = "POSTHORN_MAX_PAUSE", default_value = "1m", value_parser = humantime::parse_duration)]
     pub max_pause: Duration,
 
     /// After this many failed attempts in a row (seen by one process), an endpoint's
-    /// circuit opens: its deliveries wait on one probe at a time.
+    /// circuit opens: its deliveries wait on one probe at a time (`0`: never).
     #[arg(long, env = "POSTHORN_CIRCUIT_FAILURES", default_value_t = 10)]
     pub circuit_failures: u32,
 
@@ -275,10 +275,6 @@ impl ServeConfig {
         ensure!(
             !d.poll_interval.is_zero(),
             "POSTHORN_POLL_INTERVAL (--poll-interval) must be more than 0"
-        );
-        ensure!(
-            d.circuit_failures > 0,
-            "POSTHORN_CIRCUIT_FAILURES (--circuit-failures) must be at least 1"
         );
         ensure!(
             !d.circuit_probe_interval.is_zero(),

@@ -146,7 +146,13 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
     let posthorn = Posthorn::start(
         bin,
         &database_url,
-        &[("POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT", c.to_string())],
+        &[
+            ("POSTHORN_MAX_IN_FLIGHT_PER_ENDPOINT", c.to_string()),
+            // The growth phase's backlog endpoint answers every delivery 429 (retry in
+            // an hour): each must be tried once, not the endpoint held back.
+            ("POSTHORN_MAX_PAUSE", "0s".to_owned()),
+            ("POSTHORN_CIRCUIT_FAILURES", "0".to_owned()),
+        ],
     )
     .await?;
     let api = posthorn.addr;

@@ -111,11 +111,11 @@ pub const DEFAULT_PAUSE: std::time::Duration = std::time::Duration::from_secs(1)
 
 /// What an answer says of the endpoint as a whole: `410 Gone` (unless that is turned
 /// off), or overloaded (`429`, `502`, `503`, `504`: held back for its `Retry-After`,
-/// capped, or [`DEFAULT_PAUSE`]).
+/// capped, or [`DEFAULT_PAUSE`]; a cap of 0 turns this off).
 fn signal(engine: &Engine, sent: &Sent) -> Option<Signal> {
     match sent.status? {
         410 if engine.config.disable_on_gone => Some(Signal::Gone),
-        429 | 502 | 503 | 504 => {
+        429 | 502 | 503 | 504 if !engine.config.max_pause.is_zero() => {
             let pause = sent
                 .retry_after
                 .unwrap_or(DEFAULT_PAUSE)

@@ -91,7 +91,7 @@ impl Lanes {
             max_wait: config.lease_margin / 2,
             rules: PaceRules {
                 per_endpoint: config.max_in_flight_per_endpoint.max(1),
-                circuit_failures: config.circuit_failures.max(1),
+                circuit_failures: config.circuit_failures,
                 probe_interval: config.circuit_probe_interval,
             },
             paces: Mutex::default(),

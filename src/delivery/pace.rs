@@ -40,6 +40,7 @@ pub(super) enum Gate {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PaceRules {
     pub per_endpoint: u32,
+    /// 0: no circuit breaker.
     pub circuit_failures: u32,
     pub probe_interval: Duration,
 }
@@ -75,7 +76,7 @@ impl Pace {
     }
 
     pub fn circuit_open(&self, rules: &PaceRules) -> bool {
-        self.failures >= rules.circuit_failures
+        rules.circuit_failures > 0 && self.failures >= rules.circuit_failures
     }
 
     /// Takes in an attempt's outcome; returns true when it closed an open circuit.

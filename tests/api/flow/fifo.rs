@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::helpers::{Backend, Node, TestDb};
 use crate::receiver::{Reply, TestReceiver};
 
-use super::{app, batch, endpoint, endpoint_body, never_goes_back, order, publish};
+use super::{app, endpoint, never_goes_back, node_endpoint, node_publish, order, publish};
 
 #[tokio::test]
 async fn a_failing_head_holds_the_queue_until_it_succeeds() {
@@ -83,21 +83,8 @@ async fn fifo_order_holds_across_sigkill_and_restart() {
         ("POSTHORN_ATTEMPT_TIMEOUT", "2s"),
     ];
     let mut node = Node::start(&db.url, &env).await;
-    let r = node
-        .post(
-            "/webhooks/v1/endpoints",
-            &endpoint_body(
-                &rx.url("/fifo"),
-                "note.created",
-                json!({"ordering": "fifo"}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let r = node
-        .post("/webhooks/v1/events/batch", &batch("note.created", 0, 30))
-        .await;
-    assert_eq!(r.status, 202, "{}", r.text);
+    node_endpoint(&node, &rx.url("/fifo"), json!({"ordering": "fifo"})).await;
+    node_publish(&node, 0, 30).await;
     rx.wait_for("/fifo", 5, Duration::from_secs(10)).await;
     node.kill().await;
     let _node = Node::start(&db.url, &env).await;
@@ -122,27 +109,10 @@ async fn fifo_order_holds_with_two_nodes_on_postgres() {
     let env = [("POSTHORN_POLL_INTERVAL", "20ms")];
     let a = Node::start(&db.url, &env).await;
     let b = Node::start(&db.url, &env).await;
-    let r = a
-        .post(
-            "/webhooks/v1/endpoints",
-            &endpoint_body(
-                &rx.url("/fifo"),
-                "note.created",
-                json!({"ordering": "fifo"}),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    node_endpoint(&a, &rx.url("/fifo"), json!({"ordering": "fifo"})).await;
     // Published one batch at a time, alternately on each node.
     for i in 0..8 {
-        let node = if i % 2 == 0 { &a } else { &b };
-        let r = node
-            .post(
-                "/webhooks/v1/events/batch",
-                &batch("note.created", i * 5, 5),
-            )
-            .await;
-        assert_eq!(r.status, 202, "{}", r.text);
+        node_publish(if i % 2 == 0 { &a } else { &b }, i * 5, 5).await;
     }
     rx.wait_for("/fifo", 40, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{Resp, TestApp};
+use crate::helpers::{Node, Resp, TestApp};
 use crate::receiver::TestReceiver;
 
 mod fifo;
@@ -71,4 +71,23 @@ fn order(rx: &TestReceiver, path: &str) -> Vec<u64> {
 /// of the last one, as after a crash, is allowed).
 fn never_goes_back(seen: &[u64]) -> bool {
     seen.windows(2).all(|w| w[1] >= w[0])
+}
+
+/// On a `posthorn serve` process: an endpoint at `url` taking `note.created`.
+async fn node_endpoint(node: &Node, url: &str, extra: Value) {
+    let r = node
+        .post(
+            "/webhooks/v1/endpoints",
+            &endpoint_body(url, "note.created", extra),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// On a `posthorn serve` process: `n` events of `note.created` in one batch.
+async fn node_publish(node: &Node, from: usize, n: usize) {
+    let r = node
+        .post("/webhooks/v1/events/batch", &batch("note.created", from, n))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
 }

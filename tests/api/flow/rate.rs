@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::helpers::{Backend, Node, TestDb};
 use crate::receiver::TestReceiver;
 
-use super::{app, batch, endpoint, endpoint_body, publish};
+use super::{app, endpoint, endpoint_body, node_endpoint, node_publish, publish};
 
 /// Arrivals on `path` within `window` of the first.
 fn in_first(rx: &TestReceiver, path: &str, window: Duration) -> usize {
@@ -129,21 +129,9 @@ async fn a_rate_limit_holds_across_two_nodes_on_postgres() {
     let env = [("POSTHORN_POLL_INTERVAL", "20ms")];
     let a = Node::start(&db.url, &env).await;
     let b = Node::start(&db.url, &env).await;
-    let r = a
-        .post(
-            "/webhooks/v1/endpoints",
-            &endpoint_body(&rx.url("/shared"), "note.created", json!({"rateLimit": 20})),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    node_endpoint(&a, &rx.url("/shared"), json!({"rateLimit": 20})).await;
     for (node, from) in [(&a, 0), (&b, 75)] {
-        let r = node
-            .post(
-                "/webhooks/v1/events/batch",
-                &batch("note.created", from, 75),
-            )
-            .await;
-        assert_eq!(r.status, 202, "{}", r.text);
+        node_publish(node, from, 75).await;
     }
     rx.wait_for("/shared", 110, Duration::from_secs(15)).await;
     let n = in_first(&rx, "/shared", Duration::from_secs(5));
