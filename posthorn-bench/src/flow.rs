@@ -47,7 +47,8 @@ pub async fn run(
     n: usize,
     c: usize,
 ) -> anyhow::Result<Flow> {
-    // A connection of its own: posthorn closes one left idle (the header timeout).
+    // Connections of its own, opened when needed: posthorn closes one left idle past
+    // the header timeout.
     let conn = &mut Conn::open(api).await?;
     let fifo_events = (n / 10).max(100) / 100 * 100;
     progress("flow: the receiver's round trip, one connection, one post at a time");
@@ -92,6 +93,7 @@ pub async fn run(
     progress(&format!(
         "flow: {LIMITED} endpoints limited to {LIMIT}/s, {LIMITED_EVENTS} events each waiting"
     ));
+    let conn = &mut Conn::open(api).await?;
     for i in 0..LIMITED {
         admin(
             conn,

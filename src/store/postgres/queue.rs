@@ -1,6 +1,8 @@
 //! The delivery queue on PostgreSQL: claims, outcomes, releases, parking, retries,
 //! recovery, retention. (Publishing is in `publish.rs`.)
 
+use std::collections::HashSet;
+
 use sqlx::PgPool;
 
 use super::flow::{self, QUEUED};
@@ -61,11 +63,12 @@ pub(super) async fn claim_due(
 /// statistics of what finished, and the endpoints' health with auto-disable. One
 /// statement, so a reader never sees a delivery finished and not yet counted.
 ///
-/// A batch that makes an operational event (a schedule used up, an endpoint disabled
-/// or recovered) is written in a transaction with its events. Most batches make none,
-/// so the statement first runs alone with a guard (`$19` false): if, as it finds the
-/// endpoints, one would be disabled or recovered, it writes nothing and says so, and
-/// the batch is written again the slow way.
+/// The outcomes of endpoints that make an operational event (a schedule used up, an
+/// endpoint disabled or recovered), have a flow queue, or were told something by their
+/// receiver (410, overloaded) are written in a transaction with what follows from them.
+/// Most make none, so the rest goes to the statement alone, with a guard (`$19` false):
+/// if, as it finds the endpoints, one would be disabled or recovered, it writes nothing
+/// and says so, and those outcomes are written the slow way too.
 pub(super) async fn record_attempts(
     pool: &PgPool,
     records: &[AttemptRecord],
@@ -73,20 +76,34 @@ pub(super) async fn record_attempts(
     policy: &HealthPolicy,
     operator: Option<&OrgId>,
 ) -> StoreResult<()> {
-    let health = rules::health(records);
-    // Used-up schedules, flow queues and receivers' signals take the transaction.
-    let simple = records.iter().all(|r| {
-        let used_up = r.outcome == Outcome::Failed && r.attempt_no.is_some();
-        !used_up && !r.queued && r.signal.is_none()
-    });
-    if simple {
+    // Used-up schedules, flow queues and receivers' signals take the transaction, with
+    // every outcome of their endpoints (its health is decided from all of them); the
+    // other endpoints' outcomes the one statement.
+    let telling: HashSet<EndpointUid> = records
+        .iter()
+        .filter(|r| {
+            let used_up = r.outcome == Outcome::Failed && r.attempt_no.is_some();
+            used_up || r.queued || r.signal.is_some()
+        })
+        .map(|r| r.endpoint)
+        .collect();
+    let (mut slow, fast): (Vec<AttemptRecord>, Vec<AttemptRecord>) = records
+        .iter()
+        .cloned()
+        .partition(|r| telling.contains(&r.endpoint));
+    if !fast.is_empty() {
+        let health = rules::health(&fast);
         let written =
-            retrying(|| outcomes(records, &health, now, policy, false).fetch_one(pool)).await?;
-        if written.0 {
-            return Ok(());
+            retrying(|| outcomes(&fast, &health, now, policy, false).fetch_one(pool)).await?;
+        if !written.0 {
+            slow.extend(fast);
         }
     }
-    retrying(|| record_telling(pool, records, &health, now, policy, operator)).await
+    if slow.is_empty() {
+        return Ok(());
+    }
+    let health = rules::health(&slow);
+    retrying(|| record_telling(pool, &slow, &health, now, policy, operator)).await
 }
 
 /// What the outcome statement returns: whether it wrote anything, the deliveries whose
