@@ -44,6 +44,8 @@ struct Lane {
     running: HashMap<DeliveryId, Running>,
     workers: u32,
     parked_until: Option<Instant>,
+    /// When the last attempt of a rate-limited endpoint started here.
+    last_send: Option<Instant>,
 }
 
 impl Lane {
@@ -241,8 +243,13 @@ impl Shared {
                         expired.extend(lane.waiting.pop_front().map(|w| w.claimed));
                         continue;
                     }
-                    // Its slot under the endpoint's rate limit.
-                    if let Some(wait) = w.claimed.not_before.and_then(until) {
+                    // Its slot under the endpoint's rate limit, and (should this
+                    // process have fallen behind its slots) never closer to the last
+                    // send than the limit allows.
+                    let spaced = spacing(&w.claimed)
+                        .zip(lane.last_send)
+                        .and_then(|(gap, last)| (last + gap).checked_duration_since(now));
+                    if let Some(wait) = w.claimed.not_before.and_then(until).or(spaced) {
                         next = Next::Wait(wait);
                         break;
                     }
@@ -255,6 +262,9 @@ impl Shared {
             }
             match &next {
                 Next::Go(c, _) => {
+                    if spacing(c).is_some() {
+                        lane.last_send = Some(now);
+                    }
                     lane.running.insert(
                         c.delivery,
                         Running {
@@ -369,6 +379,15 @@ enum Next {
     Wait(Duration),
     HandBack(Vec<Claimed>, Instant),
     Done,
+}
+
+/// The least time between two sends to a rate-limited endpoint without a burst.
+fn spacing(c: &Claimed) -> Option<Duration> {
+    let flow = &c.endpoint.flow;
+    let rate = flow.rate_limit.filter(|_| flow.burst.unwrap_or(1) <= 1)?;
+    Some(Duration::from_micros(
+        1_000_000u64.div_ceil(u64::from(rate)),
+    ))
 }
 
 /// How long until `at`, if it is still ahead.
