@@ -18,8 +18,10 @@
 use super::model::FlowConfig;
 
 /// How far ahead a pump grants slots. Released deliveries wait at most this long in the
-/// dispatcher for their slot.
-pub const HORIZON_MS: i64 = 1000;
+/// dispatcher for their slot. A queue is looked at again when half of it is left: one
+/// second, the default poll interval, so a busy dispatcher (which claims on its poll
+/// timer) pumps again before the slots run out.
+pub const HORIZON_MS: i64 = 2000;
 
 /// How many endpoints one claim pumps at most.
 pub const PUMP_BATCH: i64 = 64;
@@ -199,20 +201,21 @@ mod tests {
     fn a_rate_limit_spaces_slots_within_the_horizon() {
         let r = row(Some(20), None, false);
         let now = 10_000;
-        let due: Vec<(i64, i64)> = (1..=30).map(|id| (id, now)).collect();
+        let due: Vec<(i64, i64)> = (1..=60).map(|id| (id, now)).collect();
         let plan = r.plan(now, &due, true, None);
-        // One now, then one every 50 ms up to a second ahead.
-        assert_eq!(plan.release.len(), 21);
+        // One now, then one every 50 ms up to the horizon.
+        assert_eq!(plan.release.len(), 41);
         assert_eq!(plan.release[0], (1, None));
         assert_eq!(plan.release[1], (2, Some(now + 50)));
-        assert_eq!(plan.release[20], (21, Some(now + 1000)));
-        assert_eq!(plan.tat_us, (now + 1050) * 1000);
-        assert_eq!(plan.look_at, Some(now + 1050 - 500));
+        assert_eq!(plan.release[40], (41, Some(now + HORIZON_MS)));
+        let end = now + HORIZON_MS + 50;
+        assert_eq!(plan.tat_us, end * 1000);
+        assert_eq!(plan.look_at, Some(end - HORIZON_MS / 2));
         // The next pump continues where this one stopped.
         let mut next = r.clone();
         next.flow_tat_us = plan.tat_us;
-        let later = next.plan(now + 550, &due[21..], false, None);
-        assert_eq!(later.release[0], (22, Some(now + 1050)));
+        let later = next.plan(end - HORIZON_MS / 2, &due[41..], false, None);
+        assert_eq!(later.release[0], (42, Some(end)));
     }
 
     #[test]
