@@ -131,7 +131,7 @@ impl Dispatcher {
             Ok(claimed) => {
                 self.maybe_due = claimed.len() == room;
                 for c in &claimed {
-                    self.budget.take(c.endpoint.uid);
+                    self.budget.take(c.endpoint.uid, c.endpoint.flow.queued());
                 }
                 // Due work may be left behind where the claim ran out of room: in all,
                 // or for an endpoint that was full, or that got all the room it had.

@@ -21,7 +21,7 @@ use super::pace::{Gate, Pace, PaceRules};
 use super::recorder::Recorder;
 use super::{attempt, Engine};
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, Timestamp};
-use crate::store::{Claimed, LeaseBudget};
+use crate::store::Claimed;
 
 /// An endpoint whose slots are all taken by attempts older than this is parked.
 pub(super) const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
@@ -289,7 +289,7 @@ impl Shared {
                 "claimed deliveries waited too long; left for their leases to end"
             );
             for c in &expired {
-                self.give_back(c.endpoint.uid);
+                self.give_back(c);
             }
         }
         next
@@ -345,7 +345,7 @@ impl Shared {
             );
         }
         for c in &claimed {
-            self.give_back(c.endpoint.uid);
+            self.give_back(c);
         }
     }
 
@@ -365,8 +365,9 @@ impl Shared {
         }
     }
 
-    fn give_back(&self, uid: EndpointUid) {
-        self.budget.give_back(uid);
+    fn give_back(&self, c: &Claimed) {
+        self.budget
+            .give_back_taken(c.endpoint.uid, c.endpoint.flow.queued());
         self.freed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.room.notify_one();
@@ -434,7 +435,7 @@ async fn work(shared: Arc<Shared>, uid: EndpointUid) {
         shared.attempted(&c);
         shared.recorder.submit(record).await;
         drop((slot, parked_slot));
-        shared.give_back(c.endpoint.uid);
+        shared.give_back(&c);
         if closed {
             shared.resume(uid).await;
         }

@@ -39,11 +39,33 @@ impl Budget {
         self.per_endpoint
     }
 
-    /// Takes room whether or not there is any (for what a claim returned).
-    pub fn take(&self, endpoint: EndpointUid) {
+    /// Takes room whether or not there is any (for what a claim returned). A delivery of
+    /// a flow-queued endpoint (`queued`) counts for its endpoint only: deliveries
+    /// waiting for their slot take nothing from the others.
+    pub fn take(&self, endpoint: EndpointUid, queued: bool) {
         let mut held = self.held();
-        held.total += 1;
+        if !queued {
+            held.total += 1;
+        }
         *held.by_endpoint.entry(endpoint).or_default() += 1;
+    }
+
+    /// Gives back what [`Self::take`] took.
+    pub fn give_back_taken(&self, endpoint: EndpointUid, queued: bool) {
+        let mut held = self.held();
+        if !queued {
+            held.total = held.total.saturating_sub(1);
+        }
+        Self::release_one(&mut held, endpoint);
+    }
+
+    fn release_one(held: &mut Held, endpoint: EndpointUid) {
+        if let Some(n) = held.by_endpoint.get_mut(&endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_endpoint.remove(&endpoint);
+            }
+        }
     }
 
     /// The room left in all, and what `endpoint` holds.
@@ -77,14 +99,7 @@ impl LeaseBudget for Budget {
     }
 
     fn give_back(&self, endpoint: EndpointUid) {
-        let mut held = self.held();
-        held.total = held.total.saturating_sub(1);
-        if let Some(n) = held.by_endpoint.get_mut(&endpoint) {
-            *n -= 1;
-            if *n == 0 {
-                held.by_endpoint.remove(&endpoint);
-            }
-        }
+        self.give_back_taken(endpoint, false);
     }
 }
 
@@ -103,5 +118,18 @@ mod tests {
         b.give_back(e1);
         assert!(b.try_take(EndpointUid(3)));
         assert_eq!(b.snapshot().0, 0);
+    }
+
+    #[test]
+    fn deliveries_waiting_for_their_slot_count_for_their_endpoint_only() {
+        let b = Budget::new(2, 8);
+        let limited = EndpointUid(7);
+        for _ in 0..5 {
+            b.take(limited, true);
+        }
+        assert_eq!(b.snapshot(), (2, vec![(limited, 5)]));
+        assert!(b.try_take(EndpointUid(1)));
+        b.give_back_taken(limited, true);
+        assert_eq!(b.snapshot(), (1, vec![(EndpointUid(1), 1), (limited, 4)]));
     }
 }
