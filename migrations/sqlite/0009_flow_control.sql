@@ -15,9 +15,11 @@ ALTER TABLE endpoints ADD COLUMN paused_until_ms INTEGER;
 CREATE INDEX endpoints_flow ON endpoints (flow_next_ms) WHERE flow_next_ms IS NOT NULL;
 
 -- A held delivery waits in its endpoint's flow queue, not in the due queue: the due
--- index leaves it out, the held index finds an endpoint's in publish order.
+-- index leaves it out, the held indexes find an endpoint's in publish order and by
+-- when they may go (retries waiting in the queue).
 ALTER TABLE deliveries ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 DROP INDEX deliveries_due;
 CREATE INDEX deliveries_due ON deliveries (next_attempt_ms, endpoint_uid)
     WHERE state = 'pending' AND NOT held;
 CREATE INDEX deliveries_held ON deliveries (endpoint_uid, id) WHERE held;
+CREATE INDEX deliveries_held_due ON deliveries (endpoint_uid, next_attempt_ms) WHERE held;

@@ -129,7 +129,9 @@ impl Dispatcher {
         self.lanes.shared.freed.store(0, Ordering::Relaxed);
         match self.engine.store.claim_due(&request).await {
             Ok(claimed) => {
-                self.maybe_due = claimed.len() == room;
+                // What flow queues released comes on top of the due rows asked for.
+                let due = claimed.iter().filter(|c| !c.endpoint.flow.queued()).count();
+                self.maybe_due = due >= room;
                 for c in &claimed {
                     self.budget.take(c.endpoint.uid, c.endpoint.flow.queued());
                 }

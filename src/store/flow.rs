@@ -26,6 +26,10 @@ pub const HORIZON_MS: i64 = 2000;
 /// How many endpoints one claim pumps at most.
 pub const PUMP_BATCH: i64 = 64;
 
+/// When an endpoint has no room left in the claiming process, how soon its queue is
+/// looked at again (by any node).
+const FULL_RETRY_MS: i64 = 100;
+
 /// An endpoint whose flow queue is due to be looked at, as its row says.
 #[derive(Debug, Clone, serde::Deserialize, sqlx::FromRow)]
 pub(crate) struct FlowRow {
@@ -61,7 +65,7 @@ impl FlowRow {
             if self.busy.is_some() || room == 0 {
                 // Its outcome (or room coming back) makes the queue looked at again.
                 return Wanted::Nothing {
-                    look_at: (room == 0).then_some(now_ms + HORIZON_MS),
+                    look_at: (room == 0).then_some(now_ms + FULL_RETRY_MS),
                 };
             }
             return Wanted::Head;
@@ -74,7 +78,7 @@ impl FlowRow {
         };
         if most <= 0 {
             return Wanted::Nothing {
-                look_at: Some(now_ms + HORIZON_MS),
+                look_at: Some(now_ms + FULL_RETRY_MS),
             };
         }
         Wanted::Due(most)

@@ -134,7 +134,8 @@ async fn lease(
     sqlx::query_as::<_, ClaimRow>(&format!(
         "UPDATE deliveries d SET next_attempt_ms = $2, claim_token = $3, held = FALSE \
          FROM events ev, endpoints e \
-         WHERE d.id = ANY($1) AND ev.seq = d.event_seq AND e.uid = d.endpoint_uid \
+         WHERE d.id = ANY($1) AND d.held AND d.state = 'pending' AND ev.seq = d.event_seq \
+           AND e.uid = d.endpoint_uid \
          RETURNING d.id, d.attempts, d.retry_base, ev.id AS event_id, ev.created_ms AS event_created_ms, \
                    ev.body, {}",
         crate::store::rows::TARGET_COLUMNS

@@ -407,9 +407,13 @@ pub(super) async fn next_due(pool: &PgPool) -> StoreResult<Option<Timestamp>> {
 }
 
 pub(super) async fn pending_count(pool: &PgPool) -> StoreResult<u64> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
-        .fetch_one(pool)
-        .await
-        .map_err(map_err)?;
+    // Through the due and held indexes (held ones are pending).
+    let n: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND NOT held) \
+           + (SELECT COUNT(*) FROM deliveries WHERE held)",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(map_err)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }

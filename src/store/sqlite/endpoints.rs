@@ -167,6 +167,8 @@ pub(super) fn update(
            failing_since_ms = CASE WHEN ?2 THEN NULL ELSE failing_since_ms END, \
            headers = CASE WHEN ?7 THEN ?8 ELSE headers END, \
            rate_limit = ?9, rate_burst = ?10, fifo = ?11, \
+           flow_next_ms = CASE WHEN ?2 AND paused_until_ms IS NOT NULL AND (fifo OR rate_limit IS NOT NULL) \
+             THEN ?4 ELSE flow_next_ms END, \
            paused_until_ms = CASE WHEN ?2 THEN NULL ELSE paused_until_ms END \
          WHERE uid = ?5",
     )

@@ -81,6 +81,8 @@ pub(super) fn claim_due(w: &mut Write<'_>, req: &ClaimRequest) -> StoreResult<Ve
         .filter_map(|(id, at)| at.map(|at| (*id, at)))
         .collect();
     let mut picked: Vec<i64> = released.into_iter().map(|(id, _)| id).collect();
+    // What flow queues released comes on top of the due rows asked for.
+    let limit = picked.len() + req.limit as usize;
     // Due rows in due order (the due index covers both columns), then, here, at most
     // each endpoint's room: rows of endpoints that are full are passed over.
     let due = pairs(
@@ -90,7 +92,7 @@ pub(super) fn claim_due(w: &mut Write<'_>, req: &ClaimRequest) -> StoreResult<Ve
         params![req.now.millis(), i64::from(req.limit) * 2],
     )?;
     for (id, endpoint) in due {
-        if picked.len() >= req.limit as usize {
+        if picked.len() >= limit {
             break;
         }
         let left = room
@@ -368,12 +370,22 @@ pub(super) fn park_endpoint(
 }
 
 /// Ends every lease: at start, the process that held them is gone (one process serves
-/// a file), so its work is taken up at once instead of after the lease.
+/// a file), so its work is taken up at once instead of after the lease. What a flow
+/// queue had released goes back to it (a FIFO head stays the head: it has the lowest
+/// id), so a limit is not skipped after a restart.
 pub(super) fn expire_leases(conn: &Connection, now: Timestamp) -> StoreResult<()> {
     execute(
         conn,
-        "UPDATE deliveries SET next_attempt_ms = ?1, claim_token = NULL \
-         WHERE state = 'pending' AND claim_token IS NOT NULL",
+        &format!(
+            "UPDATE deliveries SET next_attempt_ms = ?1, claim_token = NULL, held = {} \
+             WHERE state = 'pending' AND claim_token IS NOT NULL",
+            flow::QUEUED
+        ),
+        [now.millis()],
+    )?;
+    execute(
+        conn,
+        "UPDATE endpoints SET flow_next_ms = ?1 WHERE fifo OR rate_limit IS NOT NULL",
         [now.millis()],
     )?;
     Ok(())

@@ -130,7 +130,9 @@ impl Queue for SqliteStore {
             .run(|c| {
                 let n: i64 = sql::scalar(
                     c,
-                    "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'",
+                    // Through the due and held indexes (held ones are pending).
+                    "SELECT (SELECT COUNT(*) FROM deliveries WHERE state = 'pending' AND NOT held) \
+                       + (SELECT COUNT(*) FROM deliveries WHERE held)",
                     [],
                 )?;
                 Ok(u64::try_from(n).unwrap_or(0))
