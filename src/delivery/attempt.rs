@@ -152,6 +152,7 @@ pub async fn make(engine: &Engine, c: &Claimed) -> AttemptRecord {
         response_body: None,
         outcome: Outcome::Failed,
         queued: c.endpoint.flow.queued(),
+        fifo: c.endpoint.flow.fifo,
         signal: None,
     };
     let target = &c.endpoint;

@@ -152,6 +152,7 @@ mod tests {
             response_body: None,
             outcome,
             queued: false,
+            fifo: false,
             signal,
         }
     }

@@ -390,10 +390,20 @@ pub struct AttemptRecord {
     pub error_class: Option<ErrorClass>,
     pub response_body: Option<String>,
     pub outcome: Outcome,
-    /// The endpoint has a flow queue: a retry waits in it, and the FIFO head is free.
+    /// The endpoint has a flow queue: a retry waits in it.
     pub queued: bool,
+    /// The endpoint is FIFO: its outcome frees the queue's head.
+    pub fifo: bool,
     /// What the receiver said of the endpoint as a whole.
     pub signal: Option<Signal>,
+}
+
+impl AttemptRecord {
+    /// Whether its flow queue must be told (to look again): a FIFO head's outcome, or a
+    /// retry that waits in the queue.
+    pub fn tells_flow(&self) -> bool {
+        self.queued && (self.fifo || self.outcome.next_attempt().is_some())
+    }
 }
 
 /// What an answer says of the endpoint, beyond the one delivery.

@@ -237,6 +237,7 @@ mod tests {
             response_body: None,
             outcome,
             queued: false,
+            fifo: false,
             signal: None,
         };
         let h = health(&[

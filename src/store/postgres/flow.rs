@@ -230,7 +230,7 @@ pub(super) async fn outcomes(
     records: &[AttemptRecord],
     now: Timestamp,
 ) -> Result<(), sqlx::Error> {
-    let queued: Vec<&AttemptRecord> = records.iter().filter(|r| r.queued).collect();
+    let queued: Vec<&AttemptRecord> = records.iter().filter(|r| r.tells_flow()).collect();
     if queued.is_empty() {
         return Ok(());
     }

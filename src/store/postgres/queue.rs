@@ -76,17 +76,27 @@ pub(super) async fn record_attempts(
     policy: &HealthPolicy,
     operator: Option<&OrgId>,
 ) -> StoreResult<()> {
-    // Used-up schedules, flow queues and receivers' signals take the transaction, with
-    // every outcome of their endpoints (its health is decided from all of them); the
-    // other endpoints' outcomes the one statement.
+    // Used-up schedules, flow queues to tell and receivers' signals take the
+    // transaction, with every outcome of their endpoints (its health is decided from
+    // all of them); the other endpoints' outcomes the one statement.
     let telling: HashSet<EndpointUid> = records
         .iter()
         .filter(|r| {
             let used_up = r.outcome == Outcome::Failed && r.attempt_no.is_some();
-            used_up || r.queued || r.signal.is_some()
+            used_up || r.tells_flow() || r.signal.is_some()
         })
         .map(|r| r.endpoint)
         .collect();
+    if telling.is_empty() {
+        // The common case: no copies of the batch.
+        let health = rules::health(records);
+        let written =
+            retrying(|| outcomes(records, &health, now, policy, false).fetch_one(pool)).await?;
+        if written.0 {
+            return Ok(());
+        }
+        return retrying(|| record_telling(pool, records, &health, now, policy, operator)).await;
+    }
     let (mut slow, fast): (Vec<AttemptRecord>, Vec<AttemptRecord>) = records
         .iter()
         .cloned()
@@ -98,9 +108,6 @@ pub(super) async fn record_attempts(
         if !written.0 {
             slow.extend(fast);
         }
-    }
-    if slow.is_empty() {
-        return Ok(());
     }
     let health = rules::health(&slow);
     retrying(|| record_telling(pool, &slow, &health, now, policy, operator)).await

@@ -203,7 +203,7 @@ pub(super) fn record_attempts(
                 r.queued && retry_at.is_some()
             ],
         )?;
-        if changed == 1 && r.queued {
+        if changed == 1 && r.tells_flow() {
             // A FIFO head's outcome frees its queue (it is no longer out: see
             // `FLOW_COLUMNS`); a retry is looked for when due.
             let look = retry_at.unwrap_or(now.millis());

@@ -129,6 +129,7 @@ pub fn outcome(c: &Claimed, outcome: Outcome) -> AttemptRecord {
         response_body: None,
         outcome,
         queued: c.endpoint.flow.queued(),
+        fifo: c.endpoint.flow.fifo,
         signal: None,
     }
 }
