@@ -232,12 +232,12 @@ impl Shared {
                 None => Gate::Go,
             };
             let mut next = Next::Done;
-            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-            } else if let Gate::HandBack(until, reason) = gate {
+            let stopping = self.stopping.load(std::sync::atomic::Ordering::SeqCst);
+            if let (false, Gate::HandBack(until, reason)) = (stopping, gate) {
                 let waiting: Vec<Claimed> = lane.waiting.drain(..).map(|w| w.claimed).collect();
                 self.engine.metrics.held_back(reason, waiting.len());
                 next = Next::HandBack(waiting, until);
-            } else if gate == Gate::Go {
+            } else if !stopping && gate == Gate::Go {
                 while let Some(w) = lane.waiting.front() {
                     if now.duration_since(w.since) > self.max_wait {
                         expired.extend(lane.waiting.pop_front().map(|w| w.claimed));

@@ -130,7 +130,7 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ClaimToken, DeliveryId, EndpointUid};
+    use crate::domain::EndpointUid;
 
     const RULES: PaceRules = PaceRules {
         per_endpoint: 8,
@@ -140,20 +140,8 @@ mod tests {
 
     fn record(outcome: Outcome, signal: Option<Signal>) -> AttemptRecord {
         AttemptRecord {
-            delivery: DeliveryId(1),
-            token: ClaimToken(1),
-            endpoint: EndpointUid(1),
-            attempt_no: Some(1),
-            started: Timestamp::now(),
-            latency_ms: 1,
-            status_code: None,
-            error: None,
-            error_class: None,
-            response_body: None,
-            outcome,
-            queued: false,
-            fifo: false,
             signal,
+            ..AttemptRecord::sample(EndpointUid(1), Timestamp::now(), outcome)
         }
     }
 

@@ -399,6 +399,27 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
+    /// An attempt of delivery 1 to `endpoint` started at `started` (for unit tests).
+    #[cfg(test)]
+    pub fn sample(endpoint: EndpointUid, started: Timestamp, outcome: Outcome) -> Self {
+        Self {
+            delivery: DeliveryId(1),
+            token: crate::domain::ClaimToken(1),
+            endpoint,
+            attempt_no: Some(1),
+            started,
+            latency_ms: 1,
+            status_code: None,
+            error: None,
+            error_class: None,
+            response_body: None,
+            outcome,
+            queued: false,
+            fifo: false,
+            signal: None,
+        }
+    }
+
     /// Whether its flow queue must be told (to look again): a FIFO head's outcome, or a
     /// retry that waits in the queue.
     pub fn tells_flow(&self) -> bool {

@@ -191,7 +191,7 @@ pub(crate) fn recorded_version(version: i64, kept: Option<EventTypeVersion>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ClaimToken, DeliveryId, EventId, OrgId};
+    use crate::domain::{EventId, OrgId};
 
     fn event(key: Option<&str>) -> NewEvent {
         NewEvent {
@@ -224,21 +224,8 @@ mod tests {
 
     #[test]
     fn health_says_success_or_the_earliest_failure() {
-        let record = |uid, started, outcome| AttemptRecord {
-            delivery: DeliveryId(1),
-            token: ClaimToken(1),
-            endpoint: EndpointUid(uid),
-            attempt_no: Some(1),
-            started: Timestamp::from_millis(started),
-            latency_ms: 1,
-            status_code: None,
-            error: None,
-            error_class: None,
-            response_body: None,
-            outcome,
-            queued: false,
-            fifo: false,
-            signal: None,
+        let record = |uid, started, outcome| {
+            AttemptRecord::sample(EndpointUid(uid), Timestamp::from_millis(started), outcome)
         };
         let h = health(&[
             record(1, 5, Outcome::Failed),
