@@ -1,8 +1,11 @@
-//! The command line: `serve`, `migrate`, `keys create`, `openapi`, `listen`, `backup`.
+//! The command line: `serve`, `migrate`, `keys`, `openapi`, `listen`, `backup`, and
+//! the client commands of [`crate::client`].
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::client::args::RemoteKeysCommand as RemoteKeys;
+use crate::client::{ClientCommand, Remote};
 use crate::config::{DatabaseArgs, LogFormat, ServeConfig};
 use crate::domain::{ApiKey, OrgId, Role};
 
@@ -27,9 +30,14 @@ pub enum Command {
     Serve(ServeConfig),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
-    /// Manage API keys.
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    /// API keys: `create --org` on the database itself, or list, create and revoke
+    /// through a server's API.
+    Keys {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Copy a running (or stopped) SQLite store, consistent, to a new file; its master
@@ -41,7 +49,9 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Run a local receiver that prints each delivery and checks its signatures.
+    /// Run a local receiver that prints each delivery and checks its signatures; or,
+    /// with `--forward-to`, take a remote server's deliveries over an outbound
+    /// connection and forward them to a local URL.
     Listen {
         /// Port to listen on.
         #[arg(long, default_value_t = 9000)]
@@ -49,22 +59,43 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: std::net::IpAddr,
-        /// The endpoint's secret.
-        #[arg(long, env = "POSTHORN_LISTEN_SECRET", hide_env_values = true)]
-        secret: String,
+        /// The endpoint's secret (the local receiver).
+        #[arg(
+            long,
+            env = "POSTHORN_LISTEN_SECRET",
+            hide_env_values = true,
+            required_unless_present = "forward_to"
+        )]
+        secret: Option<String>,
         /// Require this org id in `Fullstory-Signature`.
         #[arg(long)]
         org: Option<String>,
+        /// Forward the org's deliveries to this local URL (with --url and --key of
+        /// the server).
+        #[arg(long, conflicts_with = "secret")]
+        forward_to: Option<String>,
+        /// With --forward-to: only these event types (comma-separated,
+        /// `name[:subcategory]`); every one when absent.
+        #[arg(long, value_delimiter = ',', requires = "forward_to")]
+        events: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
+    /// Print a shell completion script (`posthorn completions bash > ...`).
+    Completions { shell: clap_complete::Shell },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Create an API key and print it (the key alone, one line, on stdout).
+    /// Create an API key and print it. With `--org`, on the database itself (the key
+    /// alone, one line, on stdout); without, through the server, in the key's org.
     Create {
-        /// Org the key belongs to (created if it does not exist).
+        /// Org the key belongs to (created if it does not exist): create it on the
+        /// database given by --database.
         #[arg(long)]
-        org: String,
+        org: Option<String>,
         /// admin, publisher or standard.
         #[arg(long)]
         role: Role,
@@ -74,6 +105,10 @@ pub enum KeysCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// The org's API keys (through the server).
+    List,
+    /// Revoke a key (through the server).
+    Revoke { id: String },
 }
 
 /// Runs a parsed command line to completion.
@@ -89,12 +124,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Keys(KeysCommand::Create {
-            org,
-            role,
-            name,
-            database,
-        }) => {
+        Command::Keys {
+            remote,
+            command:
+                KeysCommand::Create {
+                    org: None,
+                    role,
+                    name,
+                    ..
+                },
+        } => Ok(
+            crate::client::commands::keys(&remote, None, Some((role.to_string(), name))).await?,
+        ),
+        Command::Keys {
+            remote,
+            command: KeysCommand::List,
+        } => Ok(crate::client::commands::keys(&remote, Some(RemoteKeys::List), None).await?),
+        Command::Keys {
+            remote,
+            command: KeysCommand::Revoke { id },
+        } => Ok(
+            crate::client::commands::keys(&remote, Some(RemoteKeys::Revoke { id }), None).await?,
+        ),
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    org: Some(org),
+                    role,
+                    name,
+                    database,
+                },
+            ..
+        } => {
             let org = OrgId::parse(&org).map_err(anyhow::Error::msg)?;
             let store = crate::store::open(&database, crate::store::Access::Tool, None).await?;
             let key = ApiKey::generate();
@@ -103,11 +164,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Listen {
+            forward_to: Some(target),
+            events,
+            remote,
+            ..
+        } => Ok(crate::client::forward::run(&remote, &target, &events).await?),
+        Command::Listen {
             port,
             host,
             secret,
             org,
-        } => crate::listen::run(std::net::SocketAddr::new(host, port), &secret, org).await,
+            ..
+        } => {
+            let secret = secret.unwrap_or_default();
+            crate::listen::run(std::net::SocketAddr::new(host, port), &secret, org).await
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "posthorn", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Client(command) => Ok(crate::client::run(command).await?),
         Command::Backup { to, database } => {
             let done = crate::store::backup(&database, &to).await?;
             eprintln!("backed up to {} ({} bytes)", to.display(), done.bytes);

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod bootstrap;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod delivery;

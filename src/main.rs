@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("posthorn: error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<posthorn::client::ClientError>() {
+                Some(client) => ExitCode::from(client.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -141,6 +141,13 @@ impl Server {
             let (store, stop) = (self.store.clone(), shutdown.clone());
             tokio::spawn(async move { store.watch(stop).await })
         };
+        // Listener streams never finish by themselves: they end when shutdown begins.
+        let tunnels = self.engine.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            tunnels.tunnels.stop.cancel();
+        });
         let delivering = self
             .dispatcher
             .map(|d| self.engine.spawn(d, shutdown.clone(), self.grace));

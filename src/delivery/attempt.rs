@@ -84,11 +84,22 @@ pub async fn send(
         headers.insert(name, value);
     }
     let clock = Instant::now();
-    let mut sent = match engine
-        .client
-        .post(url, headers, body, engine.attempt_timeout)
-        .await
-    {
+    let answer = match super::tunnel::session_of(url) {
+        Some(session) => {
+            let timeout = engine.attempt_timeout;
+            engine
+                .tunnels
+                .post(session, org, &headers, body, timeout)
+                .await
+        }
+        None => {
+            engine
+                .client
+                .post(url, headers, body, engine.attempt_timeout)
+                .await
+        }
+    };
+    let mut sent = match answer {
         Ok(answer) => {
             let ok = (200..300).contains(&answer.status);
             Sent {

@@ -25,6 +25,7 @@ mod recorder;
 mod retention;
 pub mod retry;
 pub mod sign;
+pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct Engine {
     pub attempt_timeout: Duration,
     pub config: DeliveryConfig,
     pub metrics: Arc<Metrics>,
+    /// `posthorn listen --forward-to` connections to this process.
+    pub tunnels: tunnel::Tunnels,
 }
 
 impl Engine {
@@ -74,6 +77,7 @@ impl Engine {
             attempt_timeout: config.attempt_timeout,
             config,
             metrics,
+            tunnels: tunnel::Tunnels::default(),
         })
     }
 

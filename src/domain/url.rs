@@ -55,6 +55,13 @@ impl EndpointUrl {
         &self.raw
     }
 
+    /// Whether the host is `host` (letters compared without case).
+    pub fn host_is(&self, host: &str) -> bool {
+        self.parsed
+            .host_str()
+            .is_some_and(|h| h.trim_end_matches('.').eq_ignore_ascii_case(host))
+    }
+
     pub fn id(&self) -> EndpointId {
         EndpointId(URL_SAFE_NO_PAD.encode(self.raw.as_bytes()))
     }

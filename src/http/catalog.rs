@@ -180,6 +180,7 @@ pub struct SubcategoryDefList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateEventTypeBody {
+    #[schema(required = true, value_type = String, min_length = 1)]
     pub event_name: Option<String>,
     pub display_name: Option<String>,
     pub has_subcategories: Option<bool>,
@@ -209,7 +210,7 @@ pub(super) fn display_name(raw: Option<String>) -> ApiResult<Option<String>> {
 
 /// List Event Types
 #[utoipa::path(get, path = "/event-types", tag = "event types",
-    responses((status = 200, body = EventDefList)), security(("api_key" = [])))]
+    responses((status = 200, body = EventDefList)), security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn list_event_types(
     State(state): State<AppState>,
     caller: Authorized<AnyRole>,
@@ -224,7 +225,7 @@ pub async fn list_event_types(
 #[utoipa::path(post, path = "/event-types", tag = "event types",
     request_body = CreateEventTypeBody,
     responses((status = 200, body = EventDef), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn create_event_type(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -308,7 +309,7 @@ pub(super) async fn event_type(
 #[utoipa::path(get, path = "/event-types/{event_name}/subcategories", tag = "event types",
     params(("event_name" = String, Path, description = "Event type name"), PageParams),
     responses((status = 200, body = SubcategoryDefList), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn list_subcategories(
     State(state): State<AppState>,
     caller: Authorized<AnyRole>,
@@ -332,7 +333,7 @@ pub async fn list_subcategories(
     params(("event_name" = String, Path, description = "Event type name")),
     request_body = CreateSubcategoryBody,
     responses((status = 200, body = SubcategoryDef), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn create_subcategory(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,

@@ -143,13 +143,18 @@ pub struct AttemptList {
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// `pending`, `delivered` or `failed`.
+    #[param(value_type = Option<DeliveryState>)]
     pub state: Option<String>,
     /// Deliveries of events published at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<String>,
     /// Deliveries of events published before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<String>,
-    #[param(value_type = Option<u32>)]
+    /// Page size; defaults to and is clamped at 100. `0` is the default.
+    #[param(value_type = Option<u32>, minimum = 0)]
     pub limit: Option<String>,
+    /// `nextPaginationToken` of the previous page.
     pub pagination_token: Option<String>,
 }
 
@@ -157,8 +162,10 @@ pub struct DeliveryQuery {
 #[serde(rename_all = "camelCase")]
 pub struct RecoverBody {
     /// Failed deliveries of events published at or after this time are queued again.
+    #[schema(format = DateTime)]
     pub since: Option<String>,
     /// ... and before this time, if given.
+    #[schema(format = DateTime)]
     pub until: Option<String>,
 }
 
@@ -204,7 +211,7 @@ fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
 #[utoipa::path(get, path = "/events/{id}", tag = "delivery log",
     params(("id" = String, Path, description = "Event id")),
     responses((status = 200, body = EventView), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn get_event(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -229,7 +236,7 @@ pub async fn get_event(
 #[utoipa::path(get, path = "/endpoints/{id}/deliveries", tag = "delivery log",
     params(("id" = String, Path, description = "Endpoint id"), DeliveryQuery),
     responses((status = 200, body = DeliveryList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -272,7 +279,7 @@ pub async fn list_deliveries(
 #[utoipa::path(get, path = "/deliveries/{id}", tag = "delivery log",
     params(("id" = String, Path, description = "Delivery id")),
     responses((status = 200, body = Delivery), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn get_delivery(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -291,7 +298,7 @@ pub async fn get_delivery(
 #[utoipa::path(get, path = "/deliveries/{id}/attempts", tag = "delivery log",
     params(("id" = String, Path, description = "Delivery id")),
     responses((status = 200, body = AttemptList), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn list_attempts(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -310,7 +317,7 @@ pub async fn list_attempts(
 #[utoipa::path(post, path = "/deliveries/{id}/retry", tag = "delivery log",
     params(("id" = String, Path, description = "Delivery id")),
     responses((status = 202, body = Delivery), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn retry_delivery(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -330,7 +337,7 @@ pub async fn retry_delivery(
     params(("id" = String, Path, description = "Endpoint id")),
     request_body = RecoverBody,
     responses((status = 202, body = Recovered), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn recover(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,

@@ -57,6 +57,7 @@ pub struct TestResult {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestUrlBody {
+    #[schema(required = true, value_type = String, format = "uri", max_length = 2048)]
     pub url: Option<String>,
     pub secret: Option<String>,
     /// Custom headers to send, as an endpoint's would be.
@@ -152,7 +153,7 @@ async fn send_test(
 #[utoipa::path(post, path = "/endpoints/{id}/test", tag = "endpoints",
     params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 200, body = TestResult), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn test_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -199,7 +200,7 @@ pub async fn test_endpoint(
 #[utoipa::path(post, path = "/endpoints/test", tag = "endpoints",
     request_body = TestUrlBody,
     responses((status = 200, body = TestResult), (status = 400, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn test_url(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -254,7 +255,7 @@ fn grace_period(raw: Option<Value>) -> ApiResult<Duration> {
     params(("id" = String, Path, description = "Endpoint id")),
     request_body = RotateBody,
     responses((status = 200, body = Rotated), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -284,7 +285,7 @@ pub async fn rotate_secret(
 #[utoipa::path(get, path = "/endpoints/{id}/stats", tag = "endpoints",
     params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 200, body = EndpointStats), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn endpoint_stats(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,

@@ -100,6 +100,7 @@ pub struct EndpointList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateEndpointBody {
+    #[schema(required = true, value_type = String, format = "uri", max_length = 2048)]
     pub url: Option<String>,
     pub event_types: Option<Vec<EventTypeInput>>,
     pub secret: Option<String>,
@@ -135,6 +136,12 @@ fn non_empty(s: Option<String>) -> Option<String> {
 /// Parses a URL and applies the SSRF rule unless private targets are allowed.
 pub(super) async fn checked_url(state: &AppState, raw: &str) -> ApiResult<EndpointUrl> {
     let url = EndpointUrl::parse(raw).map_err(|e| ApiError::invalid("url", e))?;
+    if url.host_is(crate::delivery::tunnel::HOST) {
+        return Err(ApiError::invalid(
+            "url",
+            "uses a host reserved for posthorn listen",
+        ));
+    }
     if !state.config.allow_private_targets {
         url.check_public()
             .await
@@ -165,7 +172,7 @@ fn url_of(id: &str) -> ApiResult<String> {
 #[utoipa::path(post, path = "/endpoints", tag = "endpoints",
     request_body = CreateEndpointBody,
     responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -203,7 +210,7 @@ pub async fn create_endpoint(
 /// List Endpoints
 #[utoipa::path(get, path = "/endpoints", tag = "endpoints", params(PageParams),
     responses((status = 200, body = EndpointList), (status = 400, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn list_endpoints(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -232,7 +239,7 @@ pub(super) async fn load(state: &AppState, org: &OrgId, id: &str) -> ApiResult<E
 #[utoipa::path(get, path = "/endpoints/{id}", tag = "endpoints",
     params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 200, body = Endpoint), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn get_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -248,7 +255,7 @@ pub async fn get_endpoint(
     request_body = UpdateEndpointBody,
     responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn update_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -313,7 +320,7 @@ pub async fn update_endpoint(
 #[utoipa::path(delete, path = "/endpoints/{id}", tag = "endpoints",
     params(("id" = String, Path, description = "Endpoint id")),
     responses((status = 200, body = Empty), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn delete_endpoint(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,

@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishBody {
+    #[schema(required = true, value_type = String, min_length = 1)]
     pub event_name: Option<String>,
     pub subcategory: Option<String>,
     /// Any JSON object; sent as the envelope's `data`.
@@ -48,6 +49,7 @@ pub struct PublishBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BatchBody {
+    #[schema(required = true, value_type = Vec<PublishBody>, min_items = 1, max_items = 1000)]
     pub events: Option<Vec<PublishBody>>,
 }
 
@@ -169,7 +171,7 @@ async fn validate(
 /// Publish an event
 #[utoipa::path(post, path = "/events", tag = "events", request_body = PublishBody,
     responses((status = 202, body = PublishAnswer), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Authorized<Publishers>,
@@ -187,7 +189,7 @@ pub async fn publish(
 /// Publish many events at once: all are validated before any is accepted.
 #[utoipa::path(post, path = "/events/batch", tag = "events", request_body = BatchBody,
     responses((status = 202, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn publish_batch(
     State(state): State<AppState>,
     caller: Authorized<Publishers>,

@@ -60,6 +60,7 @@ pub struct KeyList {
 #[serde(rename_all = "camelCase")]
 pub struct CreateKeyBody {
     /// admin, publisher or standard.
+    #[schema(required = true, value_type = Role)]
     pub role: Option<String>,
     pub name: Option<String>,
 }
@@ -67,7 +68,7 @@ pub struct CreateKeyBody {
 /// Create an API key; the key is in this answer only.
 #[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKeyBody,
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -93,7 +94,7 @@ pub async fn create_key(
 
 /// List the org's API keys (never the keys themselves).
 #[utoipa::path(get, path = "/keys", tag = "keys",
-    responses((status = 200, body = KeyList)), security(("api_key" = [])))]
+    responses((status = 200, body = KeyList)), security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn list_keys(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -108,7 +109,7 @@ pub async fn list_keys(
 #[utoipa::path(delete, path = "/keys/{id}", tag = "keys",
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, body = Empty), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,

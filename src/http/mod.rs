@@ -11,6 +11,8 @@ pub mod events;
 pub mod flow;
 pub mod input;
 pub mod keys;
+pub mod listen;
+pub mod openapi;
 pub mod ops;
 pub mod pagination;
 pub mod ratelimit;
@@ -24,8 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use serde::Serialize;
 use tower_http::catch_panic::CatchPanicLayer;
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::app::AppState;
@@ -36,36 +37,10 @@ pub use crate::error::ErrorBody;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Empty {}
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "posthorn",
-        description = "Self-hosted webhook sender. The management API under /webhooks/v1 is wire-compatible with Fullstory's Webhooks API v1. Every input field is also accepted in snake_case. Authenticate with `Authorization: Basic <api-key>` (the raw key) or `Bearer <api-key>`."
-    ),
-    modifiers(&SecurityAddon),
-    components(schemas(ErrorBody))
-)]
-struct ApiDoc;
-
-struct SecurityAddon;
-
-impl Modify for SecurityAddon {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
-                "Authorization",
-                "`Basic <api-key>` or `Bearer <api-key>`",
-            ))),
-        );
-    }
-}
-
 /// Every route with its documentation: the router and the OpenAPI document are split
 /// from this one value, so they cannot drift apart.
 fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .nest(
             "/webhooks/v1",
             endpoints::router()
@@ -74,23 +49,23 @@ fn api() -> OpenApiRouter<AppState> {
                 .merge(events::router())
                 .merge(deliveries::router())
                 .merge(endpoint_ops::router())
-                .merge(keys::router()),
+                .merge(keys::router())
+                .merge(listen::router()),
         )
         .merge(ops::router())
 }
 
 /// The OpenAPI document, pretty-printed.
 pub fn openapi_json() -> String {
-    api()
-        .split_for_parts()
-        .1
-        .to_pretty_json()
-        .unwrap_or_default()
+    serde_json::to_string_pretty(&openapi::document(api().split_for_parts().1)).unwrap_or_default()
 }
 
 pub fn router(state: AppState) -> Router {
     let (router, doc) = api().split_for_parts();
-    let doc = ops::OpenApiDoc(Arc::new(doc.to_pretty_json().unwrap_or_default()));
+    let doc = openapi::document(doc);
+    let doc = ops::OpenApiDoc(Arc::new(
+        serde_json::to_string_pretty(&doc).unwrap_or_default(),
+    ));
     router
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

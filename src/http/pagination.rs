@@ -13,8 +13,9 @@ use crate::error::ApiError;
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// Page size; defaults to and is clamped at the list's maximum.
-    #[param(value_type = Option<u32>)]
+    /// Page size; defaults to and is clamped at the list's maximum (100). `0` is the
+    /// default.
+    #[param(value_type = Option<u32>, minimum = 0)]
     pub limit: Option<String>,
     /// `nextPaginationToken` of the previous page.
     pub pagination_token: Option<String>,

@@ -56,7 +56,7 @@ pub struct UpdateEventTypeBody {
     params(("event_name" = String, Path, description = "Event type name")),
     request_body = UpdateEventTypeBody,
     responses((status = 200, body = EventDef), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn update_event_type(
     State(state): State<AppState>,
     caller: Authorized<AdminOnly>,
@@ -142,7 +142,7 @@ fn sample_of(example: Option<Value>, schema: Option<&Value>) -> Value {
 #[utoipa::path(get, path = "/event-types/{event_name}/sample", tag = "event types",
     params(("event_name" = String, Path, description = "Event type name"), SampleParams),
     responses((status = 200, body = SampleData), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("api_key" = [])))]
+    security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn sample_data(
     State(state): State<AppState>,
     caller: Authorized<AnyRole>,

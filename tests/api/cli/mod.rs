@@ -15,9 +15,12 @@ use tokio::task::JoinHandle;
 use crate::helpers::{free_port, posthorn_bin, ChildGuard, TestDb};
 
 mod backup;
+mod client;
+mod forward;
 mod keys;
 mod logs;
 mod serve;
+mod tools;
 
 /// The binary, with a clean environment (nothing `POSTHORN_*` leaks in from the host),
 /// run in `dir`, killed if the test drops it.
