@@ -148,7 +148,7 @@ impl Run<'_> {
                 }) if status == 400 || status == 413 => match at_index(&message) {
                     Some(i) if i < batch.len() => {
                         let (line, _) = batch.remove(i);
-                        self.refuse(line, &code, &message);
+                        self.refuse(line, &code, without_index(&message));
                         pending.push(batch);
                     }
                     _ if status == 413 && batch.len() > 1 => {
@@ -156,7 +156,9 @@ impl Run<'_> {
                         pending.push(back);
                         pending.push(batch);
                     }
-                    _ if batch.len() == 1 => self.refuse(batch[0].0, &code, &message),
+                    _ if batch.len() == 1 => {
+                        self.refuse(batch[0].0, &code, without_index(&message))
+                    }
                     _ => {
                         return Err(ClientError::Api {
                             status,
@@ -217,6 +219,18 @@ impl Run<'_> {
     }
 }
 
+/// A message about `events[i]` told of the line instead: `events[3].data must be ...`
+/// becomes `data must be ...` (the batch index means nothing to the file's reader).
+fn without_index(message: &str) -> &str {
+    match message
+        .strip_prefix("events[")
+        .and_then(|r| r.split_once(']'))
+    {
+        Some((_, rest)) => rest.strip_prefix('.').unwrap_or(rest).trim_start(),
+        None => message,
+    }
+}
+
 /// `i` of a message about `events[i]`.
 fn at_index(message: &str) -> Option<usize> {
     let rest = message.strip_prefix("events[")?;
@@ -233,6 +247,12 @@ mod tests {
             Some(12)
         );
         assert_eq!(super::at_index("events[x] bad"), None);
+        assert_eq!(
+            super::without_index("events[3].data must be a JSON object"),
+            "data must be a JSON object"
+        );
+        assert_eq!(super::without_index("events[3] is bad"), "is bad");
+        assert_eq!(super::without_index("plain"), "plain");
         assert_eq!(
             super::at_index("events must hold at most 1000 events"),
             None

@@ -13,8 +13,8 @@ use crate::error::ApiError;
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
-    /// Page size; defaults to and is clamped at the list's maximum (100). `0` is the
-    /// default.
+    /// Page size; defaults to and is clamped at the list's maximum (100 for endpoints,
+    /// 1000 for subcategories). `0` is the default.
     #[param(value_type = Option<u32>, minimum = 0)]
     pub limit: Option<String>,
     /// `nextPaginationToken` of the previous page.
