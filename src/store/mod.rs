@@ -1,9 +1,10 @@
-//! The store: the database is the queue. Three traits shaped by what posthorn does:
+//! The store: the database is the queue. Four traits shaped by what posthorn does:
 //!
 //! - [`Queue`]: publishing, claiming, recording outcomes and everything else that
 //!   moves deliveries (release, park, retry, recover, prune, wake-ups);
 //! - [`Admin`]: orgs, keys, the event catalog and endpoints;
-//! - [`Log`]: reading the delivery log and statistics.
+//! - [`Log`]: reading the delivery log and statistics;
+//! - [`Web`]: the web console's and portal's sessions and org-wide reads.
 //!
 //! Each backend implements them directly in plain code: [`sqlite`] (embedded, one
 //! process per file, every write on one writer thread) and [`postgres`] (any number of
@@ -21,6 +22,7 @@ pub mod postgres;
 mod rows;
 pub(crate) mod rules;
 pub mod sqlite;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use model::*;
 pub use rules::STATS_BUCKET_MS;
+pub use web::{BucketCounts, OrgDeliveryFilter, Web, WebSessionKind, WebSessionRecord};
 
 use crate::domain::{DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
 
@@ -286,7 +289,7 @@ pub trait Log: Send + Sync {
 }
 
 /// A whole store.
-pub trait Store: Queue + Admin + Log {
+pub trait Store: Queue + Admin + Log + Web {
     /// Where the master key is kept when none is given: beside an embedded database.
     /// `None` for a shared database, whose nodes must all be given the same key.
     fn default_master_key_file(&self) -> Option<PathBuf>;

@@ -11,7 +11,7 @@ use crate::store::{
     WindowCounts,
 };
 
-fn delivery_select(condition: &str) -> String {
+pub(super) fn delivery_select(condition: &str) -> String {
     format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events ev ON ev.seq = d.event_seq \
          JOIN endpoints e ON e.uid = d.endpoint_uid WHERE {condition}"

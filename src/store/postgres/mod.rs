@@ -23,6 +23,7 @@ mod notices;
 mod publish;
 mod queue;
 mod store;
+mod web;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,7 @@ use super::{
     EventTypeVersion, HealthPolicy, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult,
     Queue, Store, StoreError, StoreResult, SubcategoryRecord, WindowCounts,
 };
+use super::{BucketCounts, OrgDeliveryFilter, Web, WebSessionRecord};
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

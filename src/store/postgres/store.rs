@@ -354,3 +354,46 @@ impl Log for PgStore {
         log::endpoint_stats(&self.pool, endpoint, since).await
     }
 }
+
+#[async_trait]
+impl Web for PgStore {
+    async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+        web::insert_session(&self.pool, session).await
+    }
+
+    async fn find_web_session(&self, hash: &KeyHash) -> StoreResult<Option<WebSessionRecord>> {
+        web::find_session(&self.pool, hash).await
+    }
+
+    async fn revoke_web_session(&self, hash: &KeyHash, now: Timestamp) -> StoreResult<()> {
+        web::revoke_session(&self.pool, hash, now).await
+    }
+
+    async fn list_org_deliveries(
+        &self,
+        org: &OrgId,
+        filter: &OrgDeliveryFilter,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        web::list_org_deliveries(&self.pool, org, filter).await
+    }
+
+    async fn stats_series(
+        &self,
+        org: &OrgId,
+        endpoint: Option<EndpointUid>,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<BucketCounts>> {
+        web::stats_series(&self.pool, org, endpoint, from, until).await
+    }
+
+    async fn count_failed(
+        &self,
+        org: &OrgId,
+        endpoint: EndpointUid,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> StoreResult<u64> {
+        web::count_failed(&self.pool, org, endpoint, since, until).await
+    }
+}

@@ -11,7 +11,7 @@ use crate::store::{
     WindowCounts,
 };
 
-fn delivery_select(condition: &str) -> String {
+pub(super) fn delivery_select(condition: &str) -> String {
     format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN events ev ON ev.seq = d.event_seq \
          JOIN endpoints e ON e.uid = d.endpoint_uid WHERE {condition}"
@@ -54,10 +54,12 @@ pub(super) fn list_deliveries(
     uid: EndpointUid,
     f: &DeliveryFilter,
 ) -> StoreResult<Page<DeliveryRecord>> {
+    // `+d.org_id`: read by `deliveries_endpoint`, not `deliveries_org` (the org's other
+    // endpoints' rows would be walked past); SQLite cannot tell the two apart unaided.
     let items = rows::<DeliveryRow>(
         conn,
         &delivery_select(
-            "d.endpoint_uid = ?2 AND d.org_id = ?1 AND (?3 IS NULL OR d.state = ?3) \
+            "d.endpoint_uid = ?2 AND +d.org_id = ?1 AND (?3 IS NULL OR d.state = ?3) \
              AND d.created_ms >= ?4 AND d.created_ms < ?5 AND d.id < ?6 ORDER BY d.id DESC LIMIT ?7",
         ),
         params![

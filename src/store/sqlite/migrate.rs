@@ -65,6 +65,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "flow control",
         sql: include_str!("../../../migrations/sqlite/0009_flow_control.sql"),
     },
+    Migration {
+        version: 10,
+        description: "web",
+        sql: include_str!("../../../migrations/sqlite/0010_web.sql"),
+    },
 ];
 
 pub(super) fn run(conn: &mut Connection) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ mod retention;
 mod sql;
 mod store;
 mod thread;
+mod web;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use super::{
     EventTypeVersion, HealthPolicy, KeyInsert, Log, NewEndpoint, Page, PublishBatch, PublishResult,
     Queue, Store, StoreResult, SubcategoryRecord, WindowCounts,
 };
+use super::{BucketCounts, OrgDeliveryFilter, Web, WebSessionRecord};
 use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
 
 pub struct SqliteStore {

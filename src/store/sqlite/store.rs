@@ -493,3 +493,62 @@ impl Log for SqliteStore {
             .await
     }
 }
+
+#[async_trait]
+impl Web for SqliteStore {
+    async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+        let session = session.clone();
+        self.writer
+            .run(true, move |w| web::insert_session(w.conn, &session))
+            .await
+    }
+
+    async fn find_web_session(&self, hash: &KeyHash) -> StoreResult<Option<WebSessionRecord>> {
+        let hash = *hash;
+        self.readers.run(move |c| web::find_session(c, &hash)).await
+    }
+
+    async fn revoke_web_session(&self, hash: &KeyHash, now: Timestamp) -> StoreResult<()> {
+        let hash = *hash;
+        self.writer
+            .run(true, move |w| web::revoke_session(w.conn, &hash, now))
+            .await
+    }
+
+    async fn list_org_deliveries(
+        &self,
+        org: &OrgId,
+        filter: &OrgDeliveryFilter,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        let (org, filter) = (org.clone(), filter.clone());
+        self.readers
+            .run(move |c| web::list_org_deliveries(c, &org, &filter))
+            .await
+    }
+
+    async fn stats_series(
+        &self,
+        org: &OrgId,
+        endpoint: Option<EndpointUid>,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<Vec<BucketCounts>> {
+        let org = org.clone();
+        self.readers
+            .run(move |c| web::stats_series(c, &org, endpoint, from, until))
+            .await
+    }
+
+    async fn count_failed(
+        &self,
+        org: &OrgId,
+        endpoint: EndpointUid,
+        since: Timestamp,
+        until: Option<Timestamp>,
+    ) -> StoreResult<u64> {
+        let org = org.clone();
+        self.readers
+            .run(move |c| web::count_failed(c, &org, endpoint, since, until))
+            .await
+    }
+}

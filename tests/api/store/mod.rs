@@ -3,6 +3,7 @@
 
 mod admin;
 mod queue;
+mod web;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,245 @@
+//! The web console's and portal's sessions and org-wide reads on PostgreSQL.
+
+use sqlx::PgPool;
+
+use super::log::delivery_select;
+use super::{is_unique_violation, map_err};
+use crate::domain::{EndpointUid, KeyHash, OrgId, Timestamp};
+use crate::store::rows::{org, DeliveryRow};
+use crate::store::{
+    BucketCounts, DeliveryRecord, OrgDeliveryFilter, Page, StoreError, StoreResult, WebSessionKind,
+    WebSessionRecord,
+};
+
+const SESSION_COLUMNS: &str = "hash, org_id, kind, capabilities, read_only, csrf, key_hash, \
+    grant_hash, created_ms, expires_ms, revoked_ms";
+
+#[derive(Debug, sqlx::FromRow)]
+struct SessionRow {
+    hash: Vec<u8>,
+    org_id: String,
+    kind: String,
+    capabilities: String,
+    read_only: bool,
+    csrf: String,
+    key_hash: Option<Vec<u8>>,
+    grant_hash: Option<Vec<u8>>,
+    created_ms: i64,
+    expires_ms: i64,
+    revoked_ms: Option<i64>,
+}
+
+fn hash(bytes: Vec<u8>) -> StoreResult<KeyHash> {
+    bytes
+        .try_into()
+        .map(KeyHash)
+        .map_err(|_| StoreError::corrupt("a web session hash is not 32 bytes"))
+}
+
+impl SessionRow {
+    fn into_record(self) -> StoreResult<WebSessionRecord> {
+        Ok(WebSessionRecord {
+            hash: hash(self.hash)?,
+            org_id: org(self.org_id)?,
+            kind: WebSessionKind::parse(&self.kind)
+                .ok_or_else(|| StoreError::corrupt(format!("web session kind {:?}", self.kind)))?,
+            capabilities: self.capabilities,
+            read_only: self.read_only,
+            csrf: self.csrf,
+            key_hash: self.key_hash.map(hash).transpose()?,
+            grant_hash: self.grant_hash.map(hash).transpose()?,
+            created: Timestamp::from_millis(self.created_ms),
+            expires: Timestamp::from_millis(self.expires_ms),
+            revoked: self.revoked_ms.map(Timestamp::from_millis),
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct BucketRow {
+    bucket_ms: i64,
+    delivered: i64,
+    failed: i64,
+}
+
+impl From<BucketRow> for BucketCounts {
+    fn from(r: BucketRow) -> Self {
+        Self {
+            start: Timestamp::from_millis(r.bucket_ms),
+            delivered: u64::try_from(r.delivered).unwrap_or(0),
+            failed: u64::try_from(r.failed).unwrap_or(0),
+        }
+    }
+}
+
+pub(super) async fn insert_session(pool: &PgPool, s: &WebSessionRecord) -> StoreResult<()> {
+    sqlx::query(&format!(
+        "INSERT INTO web_sessions ({SESSION_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(s.hash.0.to_vec())
+    .bind(s.org_id.as_str())
+    .bind(s.kind.as_str())
+    .bind(&s.capabilities)
+    .bind(s.read_only)
+    .bind(&s.csrf)
+    .bind(s.key_hash.as_ref().map(|h| h.0.to_vec()))
+    .bind(s.grant_hash.as_ref().map(|h| h.0.to_vec()))
+    .bind(s.created.millis())
+    .bind(s.expires.millis())
+    .bind(s.revoked.map(Timestamp::millis))
+    .execute(pool)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict("that web session already exists".into())
+        } else {
+            map_err(e)
+        }
+    })?;
+    Ok(())
+}
+
+pub(super) async fn find_session(
+    pool: &PgPool,
+    hash: &KeyHash,
+) -> StoreResult<Option<WebSessionRecord>> {
+    sqlx::query_as::<_, SessionRow>(&format!(
+        "SELECT {SESSION_COLUMNS} FROM web_sessions WHERE hash = $1"
+    ))
+    .bind(hash.0.to_vec())
+    .fetch_optional(pool)
+    .await
+    .map_err(map_err)?
+    .map(SessionRow::into_record)
+    .transpose()
+}
+
+/// The session and the sessions made from it (by the `grant_hash` index).
+pub(super) async fn revoke_session(
+    pool: &PgPool,
+    hash: &KeyHash,
+    now: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE web_sessions SET revoked_ms = $2 \
+         WHERE (hash = $1 OR grant_hash = $1) AND revoked_ms IS NULL",
+    )
+    .bind(hash.0.to_vec())
+    .bind(now.millis())
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Read by `(org_id, id)`, or `(endpoint_uid, id)` for one endpoint, in id order from
+/// the keyset position. With `after`, the page is the oldest `limit` deliveries after
+/// it, newest first, and has no `next_after` (that mode only asks what is new).
+pub(super) async fn list_org_deliveries(
+    pool: &PgPool,
+    org: &OrgId,
+    f: &OrgDeliveryFilter,
+) -> StoreResult<Page<DeliveryRecord>> {
+    let key = if f.endpoint.is_some() {
+        "d.endpoint_uid = $2 AND d.org_id = $1"
+    } else {
+        // ($2, the endpoint, is NULL here: every statement binds the same parameters.)
+        "d.org_id = $1 AND $2::BIGINT IS NULL"
+    };
+    let (position, order) = if f.after.is_some() {
+        ("d.id > $8", "ASC")
+    } else {
+        ("d.id < $8", "DESC")
+    };
+    let condition = format!(
+        "{key} AND ($3::TEXT IS NULL OR d.state = $3) AND ($4::TEXT IS NULL OR ev.event_name = $4) \
+         AND d.created_ms >= $5 AND d.created_ms < $6 AND {position} \
+         ORDER BY d.id {order} LIMIT $7"
+    );
+    let mut items = sqlx::query_as::<_, DeliveryRow>(&delivery_select(&condition))
+        .bind(org.as_str())
+        .bind(f.endpoint.map(|e| e.0))
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(f.event_name.as_deref())
+        .bind(f.since.map_or(i64::MIN, Timestamp::millis))
+        .bind(f.until.map_or(i64::MAX, Timestamp::millis))
+        .bind(i64::from(f.limit) + 1)
+        .bind(match f.after {
+            Some(after) => after,
+            None => f.before.unwrap_or(i64::MAX),
+        })
+        .fetch_all(pool)
+        .await
+        .map_err(map_err)?
+        .into_iter()
+        .map(DeliveryRow::into_record)
+        .collect::<StoreResult<Vec<_>>>()?;
+    if f.after.is_some() {
+        items.truncate(f.limit as usize);
+        items.reverse();
+        return Ok(Page {
+            items,
+            next_after: None,
+        });
+    }
+    Ok(Page::from_overfetch(items, f.limit, |d| d.id.0))
+}
+
+pub(super) async fn stats_series(
+    pool: &PgPool,
+    org: &OrgId,
+    endpoint: Option<EndpointUid>,
+    from: Timestamp,
+    until: Timestamp,
+) -> StoreResult<Vec<BucketCounts>> {
+    let found = match endpoint {
+        Some(uid) => sqlx::query_as::<_, BucketRow>(
+            "SELECT s.bucket_ms, s.delivered, s.failed FROM endpoint_stats s \
+             JOIN endpoints e ON e.uid = s.endpoint_uid AND e.org_id = $1 \
+             WHERE s.endpoint_uid = $2 AND s.bucket_ms >= $3 AND s.bucket_ms < $4 \
+             ORDER BY s.bucket_ms",
+        )
+        .bind(org.as_str())
+        .bind(uid.0)
+        .bind(from.millis())
+        .bind(until.millis())
+        .fetch_all(pool)
+        .await,
+        None => sqlx::query_as::<_, BucketRow>(
+            "SELECT s.bucket_ms, SUM(s.delivered)::BIGINT AS delivered, SUM(s.failed)::BIGINT AS failed \
+             FROM endpoints e JOIN endpoint_stats s ON s.endpoint_uid = e.uid \
+             WHERE e.org_id = $1 AND s.bucket_ms >= $2 AND s.bucket_ms < $3 \
+             GROUP BY s.bucket_ms ORDER BY s.bucket_ms",
+        )
+        .bind(org.as_str())
+        .bind(from.millis())
+        .bind(until.millis())
+        .fetch_all(pool)
+        .await,
+    }
+    .map_err(map_err)?;
+    Ok(found.into_iter().map(BucketCounts::from).collect())
+}
+
+/// The conditions of `queue::recover_failed`, counted.
+pub(super) async fn count_failed(
+    pool: &PgPool,
+    org: &OrgId,
+    uid: EndpointUid,
+    since: Timestamp,
+    until: Option<Timestamp>,
+) -> StoreResult<u64> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries \
+         WHERE org_id = $1 AND endpoint_uid = $2 AND state = 'failed' AND created_ms >= $3 AND created_ms < $4",
+    )
+    .bind(org.as_str())
+    .bind(uid.0)
+    .bind(since.millis())
+    .bind(until.map_or(i64::MAX, Timestamp::millis))
+    .fetch_one(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
