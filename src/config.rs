@@ -99,6 +99,62 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub delivery: DeliveryConfig,
+
+    #[command(flatten)]
+    pub web: WebConfig,
+}
+
+/// The web console and the customer portal (see `web/`).
+#[derive(Debug, Clone, Args)]
+pub struct WebConfig {
+    /// The URL people reach this server at (`https://hooks.example.com`): portal links
+    /// are made from it, and cookies are `Secure` when it is https. Default: `http://`
+    /// and the listen address.
+    #[arg(long, env = "POSTHORN_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+
+    /// Origins that may show the portal in a frame (`https://app.example.com`,
+    /// comma-separated). The console never may be framed.
+    #[arg(long, env = "POSTHORN_PORTAL_FRAME_ORIGINS", value_delimiter = ',')]
+    pub portal_frame_origins: Vec<String>,
+
+    /// How long a console sign-in lasts (`12h`, `30m`).
+    #[arg(long, env = "POSTHORN_CONSOLE_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub console_session_ttl: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            portal_frame_origins: Vec::new(),
+            console_session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Where people reach this server, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        match &self.web.public_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => {
+                let mut addr = self.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+        }
+    }
+
+    /// Whether people reach this server over https (cookies are then `Secure`).
+    pub fn https(&self) -> bool {
+        self.web
+            .public_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "https")
+    }
 }
 
 /// How client connections are bounded (see `http/conn.rs`).
@@ -281,6 +337,19 @@ impl ServeConfig {
             "POSTHORN_CIRCUIT_PROBE_INTERVAL (--circuit-probe-interval) must be more than 0"
         );
         crate::delivery::retry::RetryPolicy::parse(&d.retry_schedule, d.max_retry_after)?;
+        for origin in &self.web.portal_frame_origins {
+            let ok = url::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+                    && u.query().is_none()
+            });
+            ensure!(
+                ok,
+                "POSTHORN_PORTAL_FRAME_ORIGINS (--portal-frame-origins): {origin:?} is not an origin like https://app.example.com"
+            );
+        }
         let c = &self.connections;
         ensure!(
             c.max_connections > 0,
@@ -316,6 +385,7 @@ impl ServeConfig {
             workers: true,
             connections: ConnectionConfig::default(),
             delivery: DeliveryConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }

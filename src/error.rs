@@ -155,15 +155,7 @@ impl From<PublishError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self {
-            Self::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "request failed")
-            }
-            Self::Unavailable(cause) => {
-                tracing::warn!(error = format!("{cause:#}"), "store unavailable")
-            }
-            _ => {}
-        }
+        self.log_cause();
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after() {
             response
@@ -175,6 +167,19 @@ impl IntoResponse for ApiError {
 }
 
 impl ApiError {
+    /// Logs a server error's cause (once, by whoever answers it: the API or a page).
+    pub fn log_cause(&self) {
+        match self {
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed")
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "store unavailable")
+            }
+            _ => {}
+        }
+    }
+
     fn body(&self) -> ErrorBody {
         ErrorBody {
             message: self.to_string(),

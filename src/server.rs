@@ -112,7 +112,7 @@ impl Server {
         let connections = state.config.connections.clone();
         Ok(Self {
             listener,
-            router: crate::http::router(state),
+            router: crate::http::router(state.clone(), crate::web::router(&state)),
             store,
             engine,
             dispatcher,

@@ -12,6 +12,7 @@ pub mod schema;
 pub mod secret;
 pub mod time;
 pub mod url;
+pub mod web;
 
 pub use api_key::{ApiKey, KeyHash, Role};
 pub use delivery::{DeliveryState, ErrorClass};
@@ -23,3 +24,4 @@ pub use schema::EventSchema;
 pub use secret::Secret;
 pub use time::Timestamp;
 pub use url::{EndpointId, EndpointUrl};
+pub use web::{Capabilities, Capability, SessionToken};

@@ -57,6 +57,15 @@ impl<P> Authorized<P> {
     pub fn org(&self) -> &OrgId {
         &self.key.org_id
     }
+
+    /// The caller `key` stands for, when the web layer has checked it against `P`
+    /// itself (a web session acts as the live key it was made with).
+    pub fn acting_as(key: ApiKeyRecord) -> Self {
+        Self {
+            key,
+            _policy: PhantomData,
+        }
+    }
 }
 
 fn presented_key(parts: &Parts) -> Option<ApiKey> {

@@ -15,6 +15,7 @@ pub mod listen;
 pub mod openapi;
 pub mod ops;
 pub mod pagination;
+pub mod portal;
 pub mod ratelimit;
 pub mod rejections;
 pub mod schemas;
@@ -50,7 +51,8 @@ fn api() -> OpenApiRouter<AppState> {
                 .merge(deliveries::router())
                 .merge(endpoint_ops::router())
                 .merge(keys::router())
-                .merge(listen::router()),
+                .merge(listen::router())
+                .merge(portal::router()),
         )
         .merge(ops::router())
 }
@@ -60,8 +62,10 @@ pub fn openapi_json() -> String {
     serde_json::to_string_pretty(&openapi::document(api().split_for_parts().1)).unwrap_or_default()
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API, with `pages` (the web console and portal) beside it under the same layers.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let (router, doc) = api().split_for_parts();
+    let router = router.merge(pages);
     let doc = openapi::document(doc);
     let doc = ops::OpenApiDoc(Arc::new(
         serde_json::to_string_pretty(&doc).unwrap_or_default(),

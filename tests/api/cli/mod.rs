@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::helpers::{free_port, posthorn_bin, ChildGuard, TestDb};
 
 mod backup;
+mod browser;
 mod client;
 mod forward;
 mod keys;

@@ -1,0 +1,362 @@
+//! The delivery log (of the org or one endpoint) with its filters, live while open, and
+//! one delivery with its event and every attempt; retry.
+//!
+//! Policy: the log is read by `list_org_deliveries` (the `(org_id, id)` or
+//! `(endpoint_uid, id)` index, keyset pages: "older" links carry the last id). The live
+//! stream re-reads the first page every two seconds and sends its rows only when they
+//! changed; it checks the session each time and ends with it.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::session::{Action, Viewer};
+use super::{render, Chrome, WebResult, When};
+use crate::app::AppState;
+use crate::domain::{Capability, DeliveryId, DeliveryState, EndpointId, Timestamp};
+use crate::error::ApiError;
+use crate::http::deliveries;
+use crate::http::input::PathParam;
+use crate::store::{DeliveryRecord, OrgDeliveryFilter};
+
+const PAGE: u32 = 50;
+/// How often the live log looks for changes.
+const TICK: Duration = Duration::from_secs(2);
+/// A live stream ends after this (the browser reconnects, re-checking the cookie).
+const STREAM_LIFE: Duration = Duration::from_secs(15 * 60);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/log", get(log))
+        .route("/log/stream", get(stream))
+        .route("/deliveries/{id}", get(delivery))
+        .route("/deliveries/{id}/retry", post(retry))
+}
+
+/// A time range of the filters: up to now, or everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    Hour,
+    Day,
+    Week,
+    Month,
+    All,
+}
+
+impl Range {
+    const ALL: [Self; 5] = [Self::Hour, Self::Day, Self::Week, Self::Month, Self::All];
+
+    pub fn parse(raw: Option<&str>) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| Some(r.as_str()) == raw)
+            .unwrap_or(Self::All)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hour => "1h",
+            Self::Day => "24h",
+            Self::Week => "7d",
+            Self::Month => "30d",
+            Self::All => "all",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Hour => "the last hour",
+            Self::Day => "the last 24 hours",
+            Self::Week => "the last 7 days",
+            Self::Month => "the last 30 days",
+            Self::All => "all time",
+        }
+    }
+
+    pub fn since(self) -> Option<Timestamp> {
+        let hours = match self {
+            Self::Hour => 1,
+            Self::Day => 24,
+            Self::Week => 24 * 7,
+            Self::Month => 24 * 30,
+            Self::All => return None,
+        };
+        Some(Timestamp::now().minus(Duration::from_secs(hours * 3600)))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LogQuery {
+    endpoint: Option<String>,
+    state: Option<String>,
+    event: Option<String>,
+    range: Option<String>,
+    before: Option<i64>,
+}
+
+/// One row of the log.
+pub struct LogRow {
+    pub id: String,
+    pub event_name: String,
+    pub endpoint_id: String,
+    pub endpoint_url: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last: String,
+    pub created: When,
+}
+
+impl From<DeliveryRecord> for LogRow {
+    fn from(d: DeliveryRecord) -> Self {
+        Self {
+            id: d.id.to_string(),
+            event_name: d.event_name,
+            endpoint_id: EndpointId::for_url(&d.endpoint_url).as_str().to_owned(),
+            endpoint_url: d.endpoint_url,
+            state: d.state.as_str(),
+            attempts: d.attempts,
+            last: match (d.last_status, d.last_error) {
+                (Some(s), _) => s.to_string(),
+                (None, Some(e)) => e,
+                (None, None) => String::new(),
+            },
+            created: When::of(d.created),
+        }
+    }
+}
+
+/// The filter a query stands for; an unknown endpoint or state is a 400/404.
+async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeliveryFilter> {
+    let endpoint = match q.endpoint.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => {
+            let url = EndpointId::from_raw(id).url().ok_or(ApiError::NotFound)?;
+            Some(state.store.get_endpoint(&v.session.org_id, &url).await?.uid)
+        }
+        None => None,
+    };
+    let delivery_state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<DeliveryState>()
+                .map_err(|_| ApiError::invalid("state", "must be pending, delivered or failed"))?,
+        ),
+        None => None,
+    };
+    Ok(OrgDeliveryFilter {
+        endpoint,
+        state: delivery_state,
+        event_name: q.event.clone().filter(|s| !s.is_empty()),
+        since: Range::parse(q.range.as_deref()).since(),
+        until: None,
+        before: q.before,
+        after: None,
+        limit: PAGE,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "log.html")]
+struct LogPage {
+    chrome: Chrome,
+    rows: Vec<LogRow>,
+    endpoint: String,
+    state: String,
+    event: String,
+    range: &'static str,
+    /// The query of this page without `before` (for the stream and the "older" link).
+    query: String,
+    older: Option<i64>,
+    live: bool,
+}
+
+#[derive(Template)]
+#[template(path = "log_rows.html")]
+struct LogRows {
+    chrome: Chrome,
+    rows: Vec<LogRow>,
+}
+
+fn query_string(q: &LogQuery) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("endpoint", &q.endpoint),
+        ("state", &q.state),
+        ("event", &q.event),
+        ("range", &q.range),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            s.append_pair(k, v);
+        }
+    }
+    s.finish()
+}
+
+async fn log(State(state): State<AppState>, v: Viewer, Query(q): Query<LogQuery>) -> WebResult {
+    let f = filter(&state, &v, &q).await?;
+    let page = state
+        .store
+        .list_org_deliveries(&v.session.org_id, &f)
+        .await?;
+    Ok(render(&LogPage {
+        chrome: v.chrome("Delivery log", "log"),
+        rows: page.items.into_iter().map(LogRow::from).collect(),
+        endpoint: q.endpoint.clone().unwrap_or_default(),
+        state: q.state.clone().unwrap_or_default(),
+        event: q.event.clone().unwrap_or_default(),
+        range: Range::parse(q.range.as_deref()).as_str(),
+        query: query_string(&q),
+        older: page.next_after,
+        live: q.before.is_none(),
+    }))
+}
+
+/// What the rows show, to tell whether they changed.
+fn fingerprint(rows: &[DeliveryRecord]) -> Vec<(i64, DeliveryState, u32)> {
+    rows.iter().map(|d| (d.id.0, d.state, d.attempts)).collect()
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    v: Viewer,
+    Query(q): Query<LogQuery>,
+) -> WebResult<impl IntoResponse> {
+    let mut f = filter(&state, &v, &q).await?;
+    f.before = None;
+    let started = tokio::time::Instant::now();
+    // Nothing seen yet: the first tick sends the rows, whatever changed between the
+    // page's drawing and the stream's opening.
+    let seen = Vec::new();
+    let events = futures_util::stream::unfold(
+        (state, v, f, seen, false),
+        move |(state, v, f, seen, done)| async move {
+            if done || started.elapsed() > STREAM_LIFE {
+                return None;
+            }
+            tokio::time::sleep(TICK).await;
+            if !v.still_valid(&state).await {
+                let end = Event::default().event("ended").data("signed out");
+                return Some((
+                    Ok::<_, std::convert::Infallible>(end),
+                    (state, v, f, seen, true),
+                ));
+            }
+            let page = match state.store.list_org_deliveries(&v.session.org_id, &f).await {
+                Ok(p) => p,
+                Err(_) => {
+                    let ping = Event::default().comment("store unavailable");
+                    return Some((Ok(ping), (state, v, f, seen, false)));
+                }
+            };
+            let now = fingerprint(&page.items);
+            if now == seen {
+                return Some((
+                    Ok(Event::default().comment("unchanged")),
+                    (state, v, f, seen, false),
+                ));
+            }
+            let rows = LogRows {
+                chrome: v.chrome("", "log"),
+                rows: page.items.into_iter().map(LogRow::from).collect(),
+            };
+            let html = rows.render().unwrap_or_default();
+            Some((
+                Ok(Event::default().event("rows").data(html)),
+                (state, v, f, now, false),
+            ))
+        },
+    );
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// An attempt as the delivery page shows it.
+pub struct AttemptRow {
+    pub no: u32,
+    pub started: When,
+    pub latency_ms: u64,
+    pub status: String,
+    pub error: String,
+    pub response_body: Option<String>,
+    /// The request headers posthorn sent, as far as they can be told again.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Template)]
+#[template(path = "delivery.html")]
+struct DeliveryPage {
+    chrome: Chrome,
+    d: LogRow,
+    event_id: String,
+    next_attempt: Option<When>,
+    payload: String,
+    attempts: Vec<AttemptRow>,
+}
+
+fn sent_headers(org: &str, event_id: &str, started: Timestamp) -> Vec<(String, String)> {
+    let t = started.millis().div_euclid(1000);
+    [
+        ("Content-Type", "application/json".to_owned()),
+        ("User-Agent", crate::delivery::client::USER_AGENT.to_owned()),
+        (
+            "Fullstory-Signature",
+            format!("o:{org},t:{t},v:(signature, not kept)"),
+        ),
+        ("webhook-id", event_id.to_owned()),
+        ("webhook-timestamp", t.to_string()),
+        ("webhook-signature", "v1,(signature, not kept)".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+fn delivery_id(raw: &str) -> WebResult<DeliveryId> {
+    Ok(DeliveryId::parse(raw).ok_or(ApiError::NotFound)?)
+}
+
+async fn delivery(State(state): State<AppState>, v: Viewer, Path(id): Path<String>) -> WebResult {
+    let org = &v.session.org_id;
+    let d = state.store.get_delivery(org, delivery_id(&id)?).await?;
+    let event = state.store.get_event(org, &d.event_id).await?;
+    let payload = serde_json::from_slice::<serde_json::Value>(&event.body)
+        .ok()
+        .and_then(|body| serde_json::to_string_pretty(&body).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(&event.body).into_owned());
+    let attempts = state
+        .store
+        .list_attempts(org, d.id)
+        .await?
+        .into_iter()
+        .map(|a| AttemptRow {
+            no: a.attempt_no,
+            headers: sent_headers(org.as_str(), d.event_id.as_str(), a.started),
+            started: When::of(a.started),
+            latency_ms: a.latency_ms,
+            status: a.status_code.map_or("no answer".into(), |s| s.to_string()),
+            error: a.error.unwrap_or_default(),
+            response_body: a.response_body,
+        })
+        .collect();
+    Ok(render(&DeliveryPage {
+        chrome: v.chrome("Delivery", "log"),
+        event_id: d.event_id.as_str().to_owned(),
+        next_attempt: d
+            .next_attempt
+            .filter(|_| d.state == DeliveryState::Pending)
+            .map(When::of),
+        d: LogRow::from(d),
+        payload,
+        attempts,
+    }))
+}
+
+async fn retry(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
+    let v = &a.viewer;
+    v.require(Capability::Retry)?;
+    let (_, Json(d)) = deliveries::retry_delivery(State(state), v.caller(), PathParam(id)).await?;
+    Ok(Redirect::to(&format!("{}/deliveries/{}", v.surface.base(), d.id)).into_response())
+}

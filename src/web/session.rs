@@ -1,0 +1,442 @@
+//! Who is looking at a page: console sign-in with an admin key, the portal's trade of a
+//! grant for a cookie, and the CSRF-checked form every state change arrives as.
+//!
+//! Policy: the browser keeps only an `HttpOnly` cookie naming a session (the key never
+//! leaves the sign-in request); the session acts as the key it was made with, which
+//! must still be a live admin key, so revoking the key signs its sessions out. A form
+//! whose `csrf` field is not the session's token changes nothing (403).
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+use super::{render, Chrome, Surface, WebError, WebResult};
+use crate::app::AppState;
+use crate::domain::{ApiKey, Capabilities, Capability, Role, SessionToken, Timestamp};
+use crate::error::ApiError;
+use crate::http::auth::{AdminOnly, Authorized};
+use crate::store::{ApiKeyRecord, WebSessionKind, WebSessionRecord};
+
+const CONSOLE_COOKIE: &str = "posthorn_console";
+const PORTAL_COOKIE: &str = "posthorn_portal";
+const SIGNIN_COOKIE: &str = "posthorn_signin";
+/// Longest a portal cookie session lasts (less if its grant ends sooner).
+const PORTAL_SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
+/// Largest form a page may post.
+const MAX_FORM_BYTES: usize = 256 * 1024;
+
+/// The signed-in viewer of a page.
+pub struct Viewer {
+    pub surface: Surface,
+    pub session: WebSessionRecord,
+    pub caps: Capabilities,
+    /// The live admin key the session acts as.
+    pub key: ApiKeyRecord,
+}
+
+impl Viewer {
+    /// The API caller this viewer is.
+    pub fn caller(&self) -> Authorized<AdminOnly> {
+        Authorized::acting_as(self.key.clone())
+    }
+
+    /// Whether the viewer may do `c` (viewing always; changes unless read-only).
+    pub fn may(&self, c: Capability) -> bool {
+        c == Capability::View || (!self.session.read_only && self.caps.has(c))
+    }
+
+    /// `Ok` when the viewer may do `c`, else the 403 page.
+    pub fn require(&self, c: Capability) -> WebResult<()> {
+        if self.may(c) {
+            Ok(())
+        } else {
+            Err(super::forbidden(c))
+        }
+    }
+
+    /// Whether the session still holds (a live page checks it as it goes).
+    pub async fn still_valid(&self, state: &AppState) -> bool {
+        let now = Timestamp::now();
+        let Ok(Some(s)) = state.store.find_web_session(&self.session.hash).await else {
+            return false;
+        };
+        s.revoked.is_none()
+            && s.expires > now
+            && matches!(live_admin(state, &self.key.hash).await, Ok(Some(_)))
+    }
+
+    /// The frame of a page this viewer sees.
+    pub fn chrome(&self, title: impl Into<String>, nav: &'static str) -> Chrome {
+        Chrome {
+            base: self.surface.base(),
+            console: self.surface == Surface::Console,
+            title: title.into(),
+            csrf: self.session.csrf.clone(),
+            org: self.session.org_id.as_str().to_owned(),
+            nav,
+            signed_in: true,
+            can_manage: self.may(Capability::ManageEndpoints),
+            can_retry: self.may(Capability::Retry),
+            can_rotate: self.may(Capability::RotateSecrets),
+            read_only: self.session.read_only,
+        }
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// The live admin key behind `hash`, if it still is one.
+async fn live_admin(
+    state: &AppState,
+    hash: &crate::domain::KeyHash,
+) -> WebResult<Option<ApiKeyRecord>> {
+    Ok(state
+        .store
+        .find_api_key(hash)
+        .await?
+        .filter(|k| k.revoked.is_none() && k.role == Role::Admin && k.hash.ct_eq(hash)))
+}
+
+/// A stored session of `kind` named by `raw`, unexpired and unrevoked.
+async fn live_session(
+    state: &AppState,
+    raw: &str,
+    kind: WebSessionKind,
+) -> WebResult<Option<WebSessionRecord>> {
+    let hash = SessionToken::from_raw(raw).hash();
+    let now = Timestamp::now();
+    Ok(state.store.find_web_session(&hash).await?.filter(|s| {
+        s.kind == kind && s.revoked.is_none() && s.expires > now && s.hash.ct_eq(&hash)
+    }))
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> WebResult<Self> {
+        let surface = parts
+            .extensions
+            .get::<Surface>()
+            .copied()
+            .unwrap_or(Surface::Console);
+        let (name, kind) = match surface {
+            Surface::Console => (CONSOLE_COOKIE, WebSessionKind::Console),
+            Surface::Portal => (PORTAL_COOKIE, WebSessionKind::Portal),
+        };
+        let signed_out = || WebError::SignedOut(surface);
+        let raw = cookie(&parts.headers, name).ok_or_else(signed_out)?;
+        let session = live_session(state, raw, kind)
+            .await?
+            .ok_or_else(signed_out)?;
+        let key_hash = session.key_hash.ok_or_else(signed_out)?;
+        let key = live_admin(state, &key_hash)
+            .await?
+            .filter(|k| k.org_id == session.org_id)
+            .ok_or_else(signed_out)?;
+        if let Some(limiter) = &state.limiter {
+            limiter.check(&state.store, &key.id).await?;
+        }
+        Ok(Self {
+            surface,
+            caps: Capabilities::parse_stored(&session.capabilities),
+            session,
+            key,
+        })
+    }
+}
+
+/// A posted form's fields, in order (a name may repeat: checkboxes).
+pub struct Form(Vec<(String, String)>);
+
+impl Form {
+    fn parse(bytes: &[u8]) -> Self {
+        Self(url::form_urlencoded::parse(bytes).into_owned().collect())
+    }
+
+    /// The first value of `name`, trimmed; none when absent or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every non-empty value of `name`.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+async fn read_form(req: Request, state: &AppState) -> WebResult<Form> {
+    let limit = MAX_FORM_BYTES.min(state.config.max_body_bytes);
+    let body = axum::body::to_bytes(req.into_body(), limit);
+    let bytes: Bytes = tokio::time::timeout(state.config.connections.body_timeout, body)
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
+        .map_err(|_| ApiError::PayloadTooLarge)?;
+    Ok(Form::parse(&bytes))
+}
+
+fn ct_str_eq(a: &str, b: &str) -> bool {
+    !b.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// A state change: the viewer and their form, whose CSRF token matched.
+pub struct Action {
+    pub viewer: Viewer,
+    pub form: Form,
+}
+
+impl FromRequest<AppState> for Action {
+    type Rejection = WebError;
+
+    async fn from_request(req: Request, state: &AppState) -> WebResult<Self> {
+        let (mut parts, body) = req.into_parts();
+        let viewer = Viewer::from_request_parts(&mut parts, state).await?;
+        let form = read_form(Request::from_parts(parts, body), state).await?;
+        if !ct_str_eq(form.get("csrf").unwrap_or(""), &viewer.session.csrf) {
+            return Err(WebError::Denied(
+                "The form's security token is missing or out of date: reload the page and try again.",
+            ));
+        }
+        Ok(Self { viewer, form })
+    }
+}
+
+fn set_cookie(state: &AppState, name: &str, path: &str, value: &str, max_age: u64) -> String {
+    let site = if state.config.https() {
+        if name == PORTAL_COOKIE {
+            // The portal may be framed by another site: its cookie must be sent there.
+            "; SameSite=None; Secure; Partitioned"
+        } else {
+            "; SameSite=Strict; Secure"
+        }
+    } else {
+        "; SameSite=Strict"
+    };
+    format!("{name}={value}; Path={path}; HttpOnly; Max-Age={max_age}{site}")
+}
+
+pub fn console_routes() -> Router<AppState> {
+    Router::new()
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", post(sign_out))
+}
+
+pub fn portal_routes() -> Router<AppState> {
+    Router::new()
+        .route("/session", post(portal_session))
+        .route("/sign-out", post(sign_out))
+}
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    chrome: Chrome,
+    token: String,
+    error: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignInQuery {
+    expired: Option<String>,
+}
+
+async fn sign_in_page(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<SignInQuery>,
+) -> Response {
+    let token = SessionToken::generate();
+    let page = SignInPage {
+        chrome: Chrome::bare(Surface::Console, "Sign in"),
+        token: token.expose().to_owned(),
+        error: q
+            .expired
+            .map(|_| "Your session has ended. Sign in again.".to_owned()),
+    };
+    (
+        [(
+            header::SET_COOKIE,
+            set_cookie(&state, SIGNIN_COOKIE, "/console", token.expose(), 3600),
+        )],
+        render(&page),
+    )
+        .into_response()
+}
+
+async fn sign_in(State(state): State<AppState>, req: Request) -> WebResult {
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let expected = cookie(req.headers(), SIGNIN_COOKIE).map(str::to_owned);
+    let form = read_form(req, &state).await?;
+    let refuse = |message: &str| {
+        let token = SessionToken::generate();
+        let page = SignInPage {
+            chrome: Chrome::bare(Surface::Console, "Sign in"),
+            token: token.expose().to_owned(),
+            error: Some(message.to_owned()),
+        };
+        Ok((
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::SET_COOKIE,
+                set_cookie(&state, SIGNIN_COOKIE, "/console", token.expose(), 3600),
+            )],
+            render(&page),
+        )
+            .into_response())
+    };
+    let given = form.get("signin").unwrap_or("");
+    if !expected.is_some_and(|e| ct_str_eq(given, &e)) {
+        return refuse("The sign-in form expired. Try again.");
+    }
+    let key = ApiKey::from_raw(form.get("key").unwrap_or(""));
+    let Some(record) = live_admin(&state, &key.hash()).await? else {
+        if let (Some(limiter), Some(ip)) = (&state.failed_auth, addr) {
+            if let e @ ApiError::TooManyRequests { .. } = limiter.failed(ip) {
+                return Err(e.into());
+            }
+        }
+        return refuse("That is not a valid admin API key of any org.");
+    };
+    let token = SessionToken::generate();
+    let now = Timestamp::now();
+    let ttl = state.config.web.console_session_ttl;
+    state
+        .store
+        .insert_web_session(&WebSessionRecord {
+            hash: token.hash(),
+            org_id: record.org_id.clone(),
+            kind: WebSessionKind::Console,
+            capabilities: Capabilities::all().to_string(),
+            read_only: false,
+            csrf: SessionToken::generate().expose().to_owned(),
+            key_hash: Some(record.hash),
+            grant_hash: None,
+            created: now,
+            expires: now.plus(ttl),
+            revoked: None,
+        })
+        .await?;
+    let mut response = Redirect::to("/console/endpoints").into_response();
+    let headers = response.headers_mut();
+    for value in [
+        set_cookie(
+            &state,
+            CONSOLE_COOKIE,
+            "/console",
+            token.expose(),
+            ttl.as_secs(),
+        ),
+        set_cookie(&state, SIGNIN_COOKIE, "/console", "", 0),
+    ] {
+        if let Ok(v) = value.parse() {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(response)
+}
+
+async fn sign_out(State(state): State<AppState>, action: Action) -> WebResult {
+    let v = &action.viewer;
+    state
+        .store
+        .revoke_web_session(&v.session.hash, Timestamp::now())
+        .await?;
+    let (name, path, to) = match v.surface {
+        Surface::Console => (CONSOLE_COOKIE, "/console", "/console/sign-in"),
+        Surface::Portal => (PORTAL_COOKIE, "/portal", "/portal/endpoints"),
+    };
+    Ok((
+        [(header::SET_COOKIE, set_cookie(&state, name, path, "", 0))],
+        Redirect::to(to),
+    )
+        .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "portal_start.html")]
+struct PortalStart {
+    chrome: Chrome,
+}
+
+pub async fn portal_start() -> Response {
+    render(&PortalStart {
+        chrome: Chrome::bare(Surface::Portal, "Opening the portal"),
+    })
+}
+
+/// Trades a grant token (from the portal URL's fragment, posted by app.js with the
+/// `X-Posthorn-Portal` header no cross-site form can set) for a portal cookie session.
+async fn portal_session(State(state): State<AppState>, req: Request) -> WebResult {
+    if req.headers().get("x-posthorn-portal").is_none() {
+        return Err(WebError::Denied(
+            "This request must come from the portal page.",
+        ));
+    }
+    let form = read_form(req, &state).await?;
+    let grant = live_session(
+        &state,
+        form.get("token").unwrap_or(""),
+        WebSessionKind::PortalGrant,
+    )
+    .await?
+    .ok_or(WebError::SignedOut(Surface::Portal))?;
+    let key_hash = grant.key_hash.ok_or(WebError::SignedOut(Surface::Portal))?;
+    live_admin(&state, &key_hash)
+        .await?
+        .ok_or(WebError::SignedOut(Surface::Portal))?;
+    let now = Timestamp::now();
+    let expires = grant.expires.min(now.plus(PORTAL_SESSION_MAX));
+    let token = SessionToken::generate();
+    state
+        .store
+        .insert_web_session(&WebSessionRecord {
+            hash: token.hash(),
+            org_id: grant.org_id.clone(),
+            kind: WebSessionKind::Portal,
+            capabilities: grant.capabilities.clone(),
+            read_only: grant.read_only,
+            csrf: SessionToken::generate().expose().to_owned(),
+            key_hash: Some(key_hash),
+            grant_hash: Some(grant.hash),
+            created: now,
+            expires,
+            revoked: None,
+        })
+        .await?;
+    let max_age = ((expires.millis() - now.millis()) / 1000).max(1) as u64;
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            set_cookie(&state, PORTAL_COOKIE, "/portal", token.expose(), max_age),
+        )],
+    )
+        .into_response())
+}
