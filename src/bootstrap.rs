@@ -88,8 +88,9 @@ pub async fn run(store: &DynStore, config: &ServeConfig) -> anyhow::Result<()> {
         create_key(store, &org, Role::Admin, Some("first-start".into()), &key).await?;
         // Printed once, on stderr, never logged: this is how a new user gets in.
         eprintln!(
-            "\nposthorn: no API key existed, so an admin key was created for org {org}:\n\n    {}\n\nIt is shown only this once. Use it as `Authorization: Basic <key>`.\n",
-            key.expose()
+            "\nposthorn: no API key existed, so an admin key was created for org {org}:\n\n    {}\n\nIt is shown only this once. Use it as `Authorization: Basic <key>`, or sign in\nwith it at {}/console/\n",
+            key.expose(),
+            config.base_url()
         );
     }
     Ok(())

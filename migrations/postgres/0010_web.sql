@@ -20,3 +20,7 @@ CREATE INDEX web_sessions_key ON web_sessions (key_hash) WHERE key_hash IS NOT N
 
 -- The org-wide delivery log, newest first by keyset on the id.
 CREATE INDEX deliveries_org ON deliveries (org_id, id);
+
+-- An endpoint's failed deliveries by publish time: what recovering them (and the
+-- console's count before it) reads, without walking the endpoint's whole history.
+CREATE INDEX deliveries_failed ON deliveries (endpoint_uid, created_ms) WHERE state = 'failed';

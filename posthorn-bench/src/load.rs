@@ -63,6 +63,33 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Sends a request without a body; the whole answer.
+    pub async fn send(
+        &mut self,
+        req: hyper::http::request::Builder,
+    ) -> anyhow::Result<hyper::Response<Bytes>> {
+        self.send_body(req, Bytes::new()).await
+    }
+
+    pub async fn send_body(
+        &mut self,
+        req: hyper::http::request::Builder,
+        body: Bytes,
+    ) -> anyhow::Result<hyper::Response<Bytes>> {
+        let req = req
+            .header("host", self.addr.to_string())
+            .body(Full::new(body))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        Ok(hyper::Response::from_parts(
+            parts,
+            body.collect().await?.to_bytes(),
+        ))
+    }
+}
+
 /// Sends `total` requests from `concurrency` connections; `make(i)` gives request i's
 /// path and body. Fails on any non-2xx answer.
 pub async fn run<F>(

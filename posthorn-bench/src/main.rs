@@ -14,6 +14,7 @@ mod receiver;
 mod report;
 mod server;
 mod soak;
+mod web;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -36,6 +37,9 @@ pub enum Phase {
     Growth,
     /// FIFO throughput, and rate-limited endpoints beside an unlimited one.
     Flow,
+    /// The console's delivery log and statistics pages on the grown store (after
+    /// growth, which it needs).
+    Web,
 }
 
 #[derive(Debug, Parser)]

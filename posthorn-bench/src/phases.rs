@@ -316,6 +316,14 @@ pub async fn run(args: &Args, bin: &Path) -> anyhow::Result<Report> {
             Some(growth::run(api, &counters, disk, args.history, args.backlog, n, c).await?);
     }
 
+    if on(Phase::Web) {
+        match &report.growth {
+            // The grown history and backlog (the earlier phases' deliveries besides).
+            Some(g) => report.web = Some(crate::web::run(api, g.finished + g.pending).await?),
+            None => progress("web: skipped (it measures the store the growth phase grew)"),
+        }
+    }
+
     if let Ok((200, text)) = conn.get("/metrics").await {
         let text = String::from_utf8_lossy(&text);
         let value = |name: &str| crate::soak::metric(&text, name);

@@ -23,6 +23,7 @@ pub struct Report {
     pub latency_half: Option<Latency>,
     pub growth: Option<Growth>,
     pub flow: Option<crate::flow::Flow>,
+    pub web: Option<crate::web::WebPages>,
     pub rss_mib: f64,
     /// CPU µs per event or delivery, (posthorn, the harness), per phase.
     pub cpu_publish: Option<(f64, f64)>,
@@ -140,6 +141,24 @@ impl Report {
                 );
             }
         }
+        if let Some(w) = &self.web {
+            eprintln!(
+                "console pages with {} grown deliveries (p50 / max of 20)",
+                w.deliveries
+            );
+            eprintln!(
+                "{:<52} {:>6.1} / {:.1} ms  (ceiling)",
+                "  bare round trip, /healthz", w.round_trip.p50_ms, w.round_trip.max_ms
+            );
+            for (name, _, t) in &w.pages {
+                eprintln!(
+                    "{:<52} {:>6.1} / {:.1} ms",
+                    format!("  {name}"),
+                    t.p50_ms,
+                    t.max_ms
+                );
+            }
+        }
         eprintln!("{:<52} {:>9.1} MiB", "posthorn peak RSS", self.rss_mib);
         eprintln!();
     }
@@ -174,6 +193,13 @@ impl Report {
                 "round_trip_rps": round(f.round_trip_rps), "alone_rps": round(f.alone_rps),
                 "beside_limited_rps": round(f.beside_limited_rps),
                 "limited_rps": round(f.limited_rps), "limited_cap": f.limited_cap,
+            })),
+            "web": self.web.as_ref().map(|w| json!({
+                "deliveries": w.deliveries,
+                "round_trip_ms": {"p50": round(w.round_trip.p50_ms), "max": round(w.round_trip.max_ms)},
+                "pages": w.pages.iter().map(|(name, path, t)| json!({
+                    "page": name, "path": path, "p50_ms": round(t.p50_ms), "max_ms": round(t.max_ms),
+                })).collect::<Vec<_>>(),
             })),
             "rss_mib": round(self.rss_mib),
             "cpu_us": {

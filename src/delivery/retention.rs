@@ -1,6 +1,7 @@
 //! Retention: finished deliveries, their attempts and their events are deleted once
 //! they are older than `POSTHORN_RETENTION`, in small batches with pauses between, so
 //! the job never holds the store for long. Pending deliveries are never deleted.
+//! Expired and revoked web sessions go on the same schedule.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,13 @@ pub(super) async fn run(engine: Arc<Engine>, shutdown: CancellationToken) {
         }
         if pruned > 0 {
             tracing::info!(deliveries = pruned, "retention pruned old deliveries");
+        }
+        // Web sessions that can let no one in any more.
+        if let Err(e) = engine.store.prune_web_sessions(Timestamp::now()).await {
+            tracing::warn!(
+                error = crate::error::chain(&e),
+                "pruning web sessions failed"
+            );
         }
     }
 }

@@ -76,10 +76,22 @@ pub struct OrgDeliveryFilter {
     pub until: Option<Timestamp>,
     /// Only deliveries with a smaller id (the pagination position).
     pub before: Option<i64>,
-    /// Only deliveries with a larger id (what is new since a page was drawn); the page
-    /// is then the oldest `limit` of them, newest first.
-    pub after: Option<i64>,
+    /// With a state, event or time filter: look through at most this many of the
+    /// newest deliveries from the position (0: no bound), so a filter that matches
+    /// little costs a bounded read. A page cut there comes back short, with
+    /// `next_after` where to go on from.
+    pub scan: u32,
     pub limit: u32,
+}
+
+impl OrgDeliveryFilter {
+    /// Whether a filter beyond the org (or endpoint) is set.
+    pub fn is_filtered(&self) -> bool {
+        self.state.is_some()
+            || self.event_name.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+    }
 }
 
 /// Finished deliveries counted in one statistics bucket.
@@ -99,7 +111,10 @@ pub trait Web: Send + Sync {
     /// Marks the session revoked, and every session made from it (a grant's portal
     /// sessions). Revoking an unknown or revoked session is not an error.
     async fn revoke_web_session(&self, hash: &KeyHash, now: Timestamp) -> StoreResult<()>;
-    /// The org's deliveries across its endpoints (also deleted ones), by id.
+    /// Deletes the sessions that expired or were revoked before `now` (they let no one
+    /// in any more); how many.
+    async fn prune_web_sessions(&self, now: Timestamp) -> StoreResult<u64>;
+    /// The org's deliveries across its endpoints (also deleted ones), newest first.
     async fn list_org_deliveries(
         &self,
         org: &OrgId,

@@ -60,7 +60,7 @@ async fn row(state: &AppState, r: EndpointRecord) -> WebResult<Row> {
     Ok(Row {
         id: EndpointId::for_url(&r.url).as_str().to_owned(),
         event_types: if r.event_types.is_empty() {
-            "none".into()
+            "every event".into()
         } else {
             r.event_types
                 .iter()

@@ -26,6 +26,8 @@ use crate::http::input::PathParam;
 use crate::store::{DeliveryRecord, OrgDeliveryFilter};
 
 const PAGE: u32 = 50;
+/// How many deliveries a filtered page looks through at most (then it offers to go on).
+const SCAN: u32 = 10_000;
 /// How often the live log looks for changes.
 const TICK: Duration = Duration::from_secs(2);
 /// A live stream ends after this (the browser reconnects, re-checking the cookie).
@@ -154,7 +156,7 @@ async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeli
         since: Range::parse(q.range.as_deref()).since(),
         until: None,
         before: q.before,
-        after: None,
+        scan: SCAN,
         limit: PAGE,
     })
 }
@@ -171,6 +173,9 @@ struct LogPage {
     /// The query of this page without `before` (for the stream and the "older" link).
     query: String,
     older: Option<i64>,
+    /// The page is short because the search stopped at [`SCAN`] deliveries.
+    cut: bool,
+    scan: u32,
     live: bool,
 }
 
@@ -202,6 +207,7 @@ async fn log(State(state): State<AppState>, v: Viewer, Query(q): Query<LogQuery>
         .store
         .list_org_deliveries(&v.session.org_id, &f)
         .await?;
+    let cut = page.next_after.is_some() && page.items.len() < PAGE as usize;
     Ok(render(&LogPage {
         chrome: v.chrome("Delivery log", "log"),
         rows: page.items.into_iter().map(LogRow::from).collect(),
@@ -210,6 +216,8 @@ async fn log(State(state): State<AppState>, v: Viewer, Query(q): Query<LogQuery>
         event: q.event.clone().unwrap_or_default(),
         range: Range::parse(q.range.as_deref()).as_str(),
         query: query_string(&q),
+        scan: SCAN,
+        cut,
         older: page.next_after,
         live: q.before.is_none(),
     }))

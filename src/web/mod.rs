@@ -223,6 +223,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let console = shared()
         .merge(admin::routes())
         .merge(session::console_routes())
+        .fallback(not_found)
         .layer(Extension(Surface::Console))
         .layer(axum::middleware::from_fn_with_state(
             Headers::new("'none'"),
@@ -232,6 +233,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         axum::middleware::from_fn_with_state(Headers::new(&frame_ancestors), security_headers);
     let portal = shared()
         .merge(session::portal_routes())
+        .fallback(not_found)
         .layer(Extension(Surface::Portal))
         .layer(portal_headers.clone());
     // The portal link's page, `/portal/` (its token in the fragment).
@@ -246,6 +248,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(portal_start)
         .nest("/console", console)
         .nest("/portal", portal)
+}
+
+/// A page that does not exist, as a page.
+async fn not_found() -> WebError {
+    WebError::Api(ApiError::NotFound)
 }
 
 #[derive(Clone)]

@@ -26,3 +26,4 @@ mod smoke;
 mod store;
 mod subscriptions;
 mod upgrade;
+mod web;

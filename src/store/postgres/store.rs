@@ -369,6 +369,10 @@ impl Web for PgStore {
         web::revoke_session(&self.pool, hash, now).await
     }
 
+    async fn prune_web_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        web::prune_sessions(&self.pool, now).await
+    }
+
     async fn list_org_deliveries(
         &self,
         org: &OrgId,

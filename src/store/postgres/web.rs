@@ -133,31 +133,48 @@ pub(super) async fn revoke_session(
     Ok(())
 }
 
-/// Read by `(org_id, id)`, or `(endpoint_uid, id)` for one endpoint, in id order from
-/// the keyset position. With `after`, the page is the oldest `limit` deliveries after
-/// it, newest first, and has no `next_after` (that mode only asks what is new).
+pub(super) async fn prune_sessions(pool: &PgPool, now: Timestamp) -> StoreResult<u64> {
+    let done = sqlx::query("DELETE FROM web_sessions WHERE expires_ms < $1 OR revoked_ms < $1")
+        .bind(now.millis())
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
+    Ok(done.rows_affected())
+}
+
+/// Read by `(org_id, id)`, or `(endpoint_uid, id)` for one endpoint, newest first from
+/// the keyset position. With a filter and a `scan` bound, only that many ids of the
+/// index are looked at: the page names the oldest of them to go on from.
 pub(super) async fn list_org_deliveries(
     pool: &PgPool,
     org: &OrgId,
     f: &OrgDeliveryFilter,
 ) -> StoreResult<Page<DeliveryRecord>> {
-    let key = if f.endpoint.is_some() {
-        "d.endpoint_uid = $2 AND d.org_id = $1"
+    // ($2, the endpoint, is NULL without one and $9, the scan bound, is bound either
+    // way: every statement binds the same parameters.)
+    let index = if f.endpoint.is_some() {
+        "endpoint_uid = $2 AND org_id = $1"
     } else {
-        // ($2, the endpoint, is NULL here: every statement binds the same parameters.)
-        "d.org_id = $1 AND $2::BIGINT IS NULL"
+        "org_id = $1 AND $2::BIGINT IS NULL"
     };
-    let (position, order) = if f.after.is_some() {
-        ("d.id > $8", "ASC")
+    let bounded = f.scan > 0 && f.is_filtered();
+    let position = if bounded {
+        format!(
+            "d.id IN (SELECT id FROM deliveries WHERE {index} AND id < $8 \
+             ORDER BY id DESC LIMIT $9) AND d.org_id = $1"
+        )
     } else {
-        ("d.id < $8", "DESC")
+        format!(
+            "d.{} AND d.id < $8 AND $9::BIGINT >= 0",
+            index.replace("AND org_id", "AND d.org_id")
+        )
     };
     let condition = format!(
-        "{key} AND ($3::TEXT IS NULL OR d.state = $3) AND ($4::TEXT IS NULL OR ev.event_name = $4) \
-         AND d.created_ms >= $5 AND d.created_ms < $6 AND {position} \
-         ORDER BY d.id {order} LIMIT $7"
+        "{position} AND ($3::TEXT IS NULL OR d.state = $3) AND ($4::TEXT IS NULL OR ev.event_name = $4) \
+         AND d.created_ms >= $5 AND d.created_ms < $6 ORDER BY d.id DESC LIMIT $7"
     );
-    let mut items = sqlx::query_as::<_, DeliveryRow>(&delivery_select(&condition))
+    let before = f.before.unwrap_or(i64::MAX);
+    let items = sqlx::query_as::<_, DeliveryRow>(&delivery_select(&condition))
         .bind(org.as_str())
         .bind(f.endpoint.map(|e| e.0))
         .bind(f.state.map(|s| s.as_str()))
@@ -165,25 +182,33 @@ pub(super) async fn list_org_deliveries(
         .bind(f.since.map_or(i64::MIN, Timestamp::millis))
         .bind(f.until.map_or(i64::MAX, Timestamp::millis))
         .bind(i64::from(f.limit) + 1)
-        .bind(match f.after {
-            Some(after) => after,
-            None => f.before.unwrap_or(i64::MAX),
-        })
+        .bind(before)
+        .bind(i64::from(f.scan))
         .fetch_all(pool)
         .await
         .map_err(map_err)?
         .into_iter()
         .map(DeliveryRow::into_record)
         .collect::<StoreResult<Vec<_>>>()?;
-    if f.after.is_some() {
-        items.truncate(f.limit as usize);
-        items.reverse();
-        return Ok(Page {
-            items,
-            next_after: None,
-        });
+    let mut page = Page::from_overfetch(items, f.limit, |d| d.id.0);
+    if bounded && page.next_after.is_none() {
+        // Short: was the scan cut before the end of the index?
+        let (looked, oldest): (i64, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT COUNT(*), MIN(id) FROM (SELECT id FROM deliveries WHERE {index} \
+             AND id < $3 ORDER BY id DESC LIMIT $4) w"
+        ))
+        .bind(org.as_str())
+        .bind(f.endpoint.map(|e| e.0))
+        .bind(before)
+        .bind(i64::from(f.scan))
+        .fetch_one(pool)
+        .await
+        .map_err(map_err)?;
+        if looked >= i64::from(f.scan) {
+            page.next_after = oldest;
+        }
     }
-    Ok(Page::from_overfetch(items, f.limit, |d| d.id.0))
+    Ok(page)
 }
 
 pub(super) async fn stats_series(

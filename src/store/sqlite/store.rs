@@ -515,6 +515,12 @@ impl Web for SqliteStore {
             .await
     }
 
+    async fn prune_web_sessions(&self, now: Timestamp) -> StoreResult<u64> {
+        self.writer
+            .run(true, move |w| web::prune_sessions(w.conn, now))
+            .await
+    }
+
     async fn list_org_deliveries(
         &self,
         org: &OrgId,

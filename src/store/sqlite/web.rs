@@ -127,32 +127,49 @@ pub(super) fn revoke_session(conn: &Connection, hash: &KeyHash, now: Timestamp) 
     Ok(())
 }
 
-/// Read by `(org_id, id)`, or `(endpoint_uid, id)` for one endpoint, in id order from
-/// the keyset position. With `after`, the page is the oldest `limit` deliveries after
-/// it, newest first, and has no `next_after` (that mode only asks what is new).
+pub(super) fn prune_sessions(conn: &Connection, now: Timestamp) -> StoreResult<u64> {
+    let n = execute(
+        conn,
+        "DELETE FROM web_sessions WHERE expires_ms < ?1 OR revoked_ms < ?1",
+        params![now.millis()],
+    )?;
+    Ok(n as u64)
+}
+
+/// Read by `(org_id, id)`, or `(endpoint_uid, id)` for one endpoint, newest first from
+/// the keyset position. With a filter and a `scan` bound, only that many ids of the
+/// index are looked at: the page names the oldest of them to go on from.
 pub(super) fn list_org_deliveries(
     conn: &Connection,
     org: &OrgId,
     f: &OrgDeliveryFilter,
 ) -> StoreResult<Page<DeliveryRecord>> {
-    let key = if f.endpoint.is_some() {
+    // (?2, the endpoint, is NULL without one and ?9, the scan bound, is bound either
+    // way: every statement binds the same parameters.)
+    let index = if f.endpoint.is_some() {
         // `+`: by `deliveries_endpoint`, never `deliveries_org` (SQLite rates them alike).
-        "d.endpoint_uid = ?2 AND +d.org_id = ?1"
+        "endpoint_uid = ?2 AND +org_id = ?1"
     } else {
-        // (?2, the endpoint, is NULL here: every statement binds the same parameters.)
-        "d.org_id = ?1 AND ?2 IS NULL"
+        "org_id = ?1 AND ?2 IS NULL"
     };
-    let (position, order) = if f.after.is_some() {
-        ("d.id > ?8", "ASC")
+    let bounded = f.scan > 0 && f.is_filtered();
+    let position = if bounded {
+        format!(
+            "d.id IN (SELECT id FROM deliveries WHERE {index} AND id < ?8 \
+             ORDER BY id DESC LIMIT ?9) AND +d.org_id = ?1"
+        )
     } else {
-        ("d.id < ?8", "DESC")
+        format!(
+            "d.{} AND d.id < ?8 AND ?9 >= 0",
+            index.replace("+org_id", "+d.org_id")
+        )
     };
     let condition = format!(
-        "{key} AND (?3 IS NULL OR d.state = ?3) AND (?4 IS NULL OR ev.event_name = ?4) \
-         AND d.created_ms >= ?5 AND d.created_ms < ?6 AND {position} \
-         ORDER BY d.id {order} LIMIT ?7"
+        "{position} AND (?3 IS NULL OR d.state = ?3) AND (?4 IS NULL OR ev.event_name = ?4) \
+         AND d.created_ms >= ?5 AND d.created_ms < ?6 ORDER BY d.id DESC LIMIT ?7"
     );
-    let mut items = rows::<DeliveryRow>(
+    let before = f.before.unwrap_or(i64::MAX);
+    let items = rows::<DeliveryRow>(
         conn,
         &delivery_select(&condition),
         params![
@@ -163,24 +180,38 @@ pub(super) fn list_org_deliveries(
             f.since.map_or(i64::MIN, Timestamp::millis),
             f.until.map_or(i64::MAX, Timestamp::millis),
             i64::from(f.limit) + 1,
-            match f.after {
-                Some(after) => after,
-                None => f.before.unwrap_or(i64::MAX),
-            },
+            before,
+            i64::from(f.scan),
         ],
     )?
     .into_iter()
     .map(DeliveryRow::into_record)
     .collect::<StoreResult<Vec<_>>>()?;
-    if f.after.is_some() {
-        items.truncate(f.limit as usize);
-        items.reverse();
-        return Ok(Page {
-            items,
-            next_after: None,
-        });
+    let mut page = Page::from_overfetch(items, f.limit, |d| d.id.0);
+    if bounded && page.next_after.is_none() {
+        // Short: was the scan cut before the end of the index?
+        let (looked, oldest): (i64, Option<i64>) = conn
+            .prepare_cached(&format!(
+                "SELECT COUNT(*), MIN(id) FROM (SELECT id FROM deliveries WHERE {index} \
+                 AND id < ?3 ORDER BY id DESC LIMIT ?4)"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        org.as_str(),
+                        f.endpoint.map(|e| e.0),
+                        before,
+                        i64::from(f.scan)
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .map_err(map_err)?;
+        if looked >= i64::from(f.scan) {
+            page.next_after = oldest;
+        }
     }
-    Ok(Page::from_overfetch(items, f.limit, |d| d.id.0))
+    Ok(page)
 }
 
 pub(super) fn stats_series(

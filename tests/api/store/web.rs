@@ -41,7 +41,7 @@ fn session(n: u8, kind: WebSessionKind, grant: Option<u8>) -> WebSessionRecord {
 }
 
 #[tokio::test]
-async fn sessions_are_found_by_hash_and_revoking_a_grant_ends_its_sessions() {
+async fn sessions_are_found_by_hash_revoked_with_their_grant_and_pruned() {
     let db = TestDb::new().await;
     let s = store(&db).await;
     let grant = session(1, WebSessionKind::PortalGrant, None);
@@ -119,6 +119,26 @@ async fn sessions_are_found_by_hash_and_revoking_a_grant_ends_its_sessions() {
         r.expect("found").revoked,
         Some(Timestamp::from_millis(1_900))
     );
+
+    // Pruning: at 1,950 ms the revoked ones go, the live console session stays; once
+    // it has expired it goes too.
+    assert_eq!(
+        s.prune_web_sessions(Timestamp::from_millis(1_950))
+            .await
+            .expect("prune"),
+        4
+    );
+    for n in [1, 2, 3, 5] {
+        assert!(s.find_web_session(&hash(n)).await.expect("find").is_none());
+    }
+    assert!(s.find_web_session(&hash(4)).await.expect("find").is_some());
+    assert_eq!(
+        s.prune_web_sessions(Timestamp::from_millis(2_001))
+            .await
+            .expect("prune"),
+        1
+    );
+    assert!(s.find_web_session(&hash(4)).await.expect("find").is_none());
 }
 
 async fn endpoint_of(s: &DynStore, org: &OrgId, url: &str) -> EndpointUid {
@@ -286,40 +306,50 @@ async fn the_org_log_is_newest_first_filtered_paginated_and_only_the_orgs() {
     }
     assert_eq!(paged, ids(&all));
 
-    // What is new since a position: the oldest `limit` after it, newest first.
-    let oldest_first: Vec<i64> = ids(&all).into_iter().rev().collect();
-    let newer = s
+    // A filtered page looks through at most `scan` deliveries: short pages name where
+    // to go on from, and following them finds every match exactly once.
+    let failed_all = expected(&all, |d| d.state == DeliveryState::Failed);
+    let mut found = Vec::new();
+    let mut before = None;
+    let mut short = 0;
+    for _ in 0..20 {
+        let page = s
+            .list_org_deliveries(
+                &org(),
+                &OrgDeliveryFilter {
+                    state: Some(DeliveryState::Failed),
+                    before,
+                    scan: 3,
+                    ..filter(2)
+                },
+            )
+            .await
+            .expect("scanned page");
+        assert!(page.items.len() <= 2);
+        if page.items.len() < 2 && page.next_after.is_some() {
+            short += 1;
+        }
+        found.extend(ids(&page.items));
+        match page.next_after {
+            Some(position) => before = Some(position),
+            None => break,
+        }
+    }
+    assert_eq!(found, failed_all);
+    assert!(short > 0, "some page was cut by the scan bound");
+    // Unfiltered, the bound does not apply.
+    let unbounded = s
         .list_org_deliveries(
             &org(),
             &OrgDeliveryFilter {
-                after: Some(oldest_first[1]),
-                ..filter(3)
+                scan: 1,
+                ..filter(100)
             },
         )
         .await
-        .expect("after");
-    let mut want = oldest_first[2..5].to_vec();
-    want.reverse();
-    assert_eq!(ids(&newer.items), want);
-    assert!(newer.next_after.is_none());
-    let newest = org_log(
-        &s,
-        OrgDeliveryFilter {
-            after: Some(oldest_first[6]),
-            ..filter(3)
-        },
-    )
-    .await;
-    assert_eq!(ids(&newest), vec![oldest_first[7]]);
-    assert!(org_log(
-        &s,
-        OrgDeliveryFilter {
-            after: Some(oldest_first[7]),
-            ..filter(3)
-        }
-    )
-    .await
-    .is_empty());
+        .expect("unfiltered");
+    assert_eq!(ids(&unbounded.items), ids(&all));
+    assert!(unbounded.next_after.is_none());
 
     // Filters.
     let failed = org_log(
@@ -429,34 +459,66 @@ async fn the_org_log_reads_by_index() {
     let db = TestDb::new().await;
     let _s = store(&db).await;
     let conn = rusqlite::Connection::open(db.dir.path().join("test.db")).expect("open");
-    let plan = |condition: &str| -> String {
-        let sql = format!(
-            "EXPLAIN QUERY PLAN SELECT d.id FROM deliveries d JOIN events ev ON ev.seq = d.event_seq \
-             JOIN endpoints e ON e.uid = d.endpoint_uid WHERE {condition} \
-             AND (?3 IS NULL OR d.state = ?3) AND (?4 IS NULL OR ev.event_name = ?4) \
-             AND d.created_ms >= ?5 AND d.created_ms < ?6 AND d.id < ?8 ORDER BY d.id DESC LIMIT ?7"
-        );
-        let mut stmt = conn.prepare(&sql).expect("prepare");
+    let plan = |sql: &str, n: usize| -> String {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("prepare");
+        let values: Vec<rusqlite::types::Value> = (0..n).map(|i| (i as i64).into()).collect();
         let rows = stmt
-            .query_map(rusqlite::params!["o", 1, "failed", "x", 0, 1, 10, 5], |r| {
+            .query_map(rusqlite::params_from_iter(values), |r| {
                 r.get::<_, String>(3)
             })
             .expect("plan");
         rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("; ")
     };
-    let org_plan = plan("d.org_id = ?1 AND ?2 IS NULL");
-    assert!(
-        org_plan.contains("USING INDEX deliveries_org (org_id=? AND id<?)")
-            && !org_plan.contains("SCAN")
-            && !org_plan.contains("TEMP B-TREE"),
-        "{org_plan}"
+    // The statements of `store/sqlite/web.rs`, as it builds them.
+    let page = |position: &str| {
+        format!(
+            "SELECT d.id FROM deliveries d JOIN events ev ON ev.seq = d.event_seq \
+             JOIN endpoints e ON e.uid = d.endpoint_uid WHERE {position} \
+             AND (?3 IS NULL OR d.state = ?3) AND (?4 IS NULL OR ev.event_name = ?4) \
+             AND d.created_ms >= ?5 AND d.created_ms < ?6 ORDER BY d.id DESC LIMIT ?7"
+        )
+    };
+    let by_index = |found: &str, index: &str| {
+        assert!(
+            found.contains(index)
+                && !found.contains("SCAN d")
+                && !found.contains("SCAN deliveries"),
+            "{found}"
+        );
+    };
+    by_index(
+        &plan(
+            &page("d.org_id = ?1 AND ?2 IS NULL AND d.id < ?8 AND ?9 >= 0"),
+            9,
+        ),
+        "USING INDEX deliveries_org (org_id=? AND id<?)",
     );
-    let endpoint_plan = plan("d.endpoint_uid = ?2 AND +d.org_id = ?1");
-    assert!(
-        endpoint_plan.contains("(endpoint_uid=? AND id<?)")
-            && !endpoint_plan.contains("SCAN")
-            && !endpoint_plan.contains("TEMP B-TREE"),
-        "{endpoint_plan}"
+    by_index(
+        &plan(
+            &page("d.endpoint_uid = ?2 AND +d.org_id = ?1 AND d.id < ?8 AND ?9 >= 0"),
+            9,
+        ),
+        "(endpoint_uid=? AND id<?)",
+    );
+    by_index(
+        &plan(
+            &page(
+                "d.id IN (SELECT id FROM deliveries WHERE org_id = ?1 AND ?2 IS NULL AND id < ?8 \
+                 ORDER BY id DESC LIMIT ?9) AND +d.org_id = ?1",
+            ),
+            9,
+        ),
+        "COVERING INDEX deliveries_org (org_id=? AND id<?)",
+    );
+    by_index(
+        &plan(
+            "SELECT COUNT(*) FROM deliveries WHERE org_id = ?1 AND endpoint_uid = ?2 \
+             AND state = 'failed' AND created_ms >= ?3 AND created_ms < ?4",
+            4,
+        ),
+        "deliveries_failed",
     );
 }
 
