@@ -46,6 +46,13 @@ function portalStart() {
     return;
   }
   history.replaceState(null, "", location.pathname);
+  var token;
+  try {
+    token = decodeURIComponent(match[1]);
+  } catch (e) {
+    status.textContent = "This portal link is not valid. Open the portal again from the page that linked you here.";
+    return;
+  }
   fetch("/portal/session", {
     method: "POST",
     credentials: "same-origin",
@@ -53,7 +60,7 @@ function portalStart() {
       "Content-Type": "application/x-www-form-urlencoded",
       "X-Posthorn-Portal": "1",
     },
-    body: "token=" + encodeURIComponent(decodeURIComponent(match[1])),
+    body: "token=" + encodeURIComponent(token),
   }).then(function (r) {
     if (r.ok) {
       location.replace("/portal/endpoints");

@@ -94,6 +94,15 @@ impl OrgDeliveryFilter {
     }
 }
 
+/// Where a filtered page cut by its scan bound goes on from: the oldest delivery of the
+/// full window `(id, created_ms, anything older)`, unless nothing is older or that
+/// delivery is already older than the filter's `since` (ids grow with publish time).
+pub(crate) fn go_on_from(last: Option<(i64, i64, bool)>, f: &OrgDeliveryFilter) -> Option<i64> {
+    let (id, created_ms, older) = last?;
+    let past_since = f.since.is_some_and(|s| created_ms < s.millis());
+    (older && !past_since).then_some(id)
+}
+
 /// Finished deliveries counted in one statistics bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketCounts {

@@ -39,6 +39,7 @@ struct CatalogPage {
 }
 
 async fn catalog_page(State(state): State<AppState>, v: Viewer) -> WebResult {
+    v.console_only()?;
     let org = &v.session.org_id;
     let mut types = Vec::new();
     for t in state.store.list_event_types(org).await?.iter() {
@@ -69,6 +70,7 @@ async fn catalog_page(State(state): State<AppState>, v: Viewer) -> WebResult {
 
 async fn mint(State(state): State<AppState>, a: Action) -> WebResult {
     let v = &a.viewer;
+    v.console_only()?;
     let event_name = a.form.get("eventName").unwrap_or("").to_owned();
     let body = CreateSubcategoryBody {
         display_name: a.form.get("displayName").map(str::to_owned),
@@ -112,6 +114,7 @@ struct KeysPage {
 }
 
 async fn keys_page(State(state): State<AppState>, v: Viewer) -> WebResult {
+    v.console_only()?;
     let Json(list) = keys::list_keys(State(state), v.caller()).await?;
     let keys = list
         .keys
@@ -133,6 +136,7 @@ async fn keys_page(State(state): State<AppState>, v: Viewer) -> WebResult {
 
 async fn create_key(State(state): State<AppState>, a: Action) -> WebResult {
     let v = &a.viewer;
+    v.console_only()?;
     let body = CreateKeyBody {
         role: a.form.get("role").map(str::to_owned),
         name: a.form.get("name").map(str::to_owned),
@@ -150,6 +154,7 @@ async fn create_key(State(state): State<AppState>, a: Action) -> WebResult {
 }
 
 async fn revoke_key(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
+    a.viewer.console_only()?;
     let Json(_) = keys::revoke_key(State(state), a.viewer.caller(), PathParam(id)).await?;
     Ok(Redirect::to("/console/keys").into_response())
 }

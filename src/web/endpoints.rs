@@ -94,7 +94,7 @@ struct ListPage {
 
 #[derive(Deserialize)]
 struct ListQuery {
-    after: Option<i64>,
+    after: Option<String>,
 }
 
 async fn list(
@@ -104,7 +104,11 @@ async fn list(
 ) -> WebResult<Response> {
     let page = state
         .store
-        .list_endpoints(&v.session.org_id, q.after, PAGE)
+        .list_endpoints(
+            &v.session.org_id,
+            super::position("after", q.after.as_deref())?,
+            PAGE,
+        )
         .await?;
     let mut rows = Vec::with_capacity(page.items.len());
     for r in page.items {
@@ -156,6 +160,25 @@ async fn choices(state: &AppState, v: &Viewer, chosen: &[EventTypeRef]) -> WebRe
                     nested: true,
                 });
             }
+        }
+    }
+    // What the endpoint takes that the picker did not list (a subcategory past the
+    // first hundred, an operational event): kept checked, so saving keeps it.
+    for c in chosen {
+        let value = match &c.subcategory {
+            Some(sub) => format!("{}|{sub}", c.event_name),
+            None => c.event_name.clone(),
+        };
+        if !out.iter().any(|o| o.value == value) {
+            out.push(Choice {
+                label: match &c.subcategory {
+                    Some(sub) => format!("{} (subcategory {sub})", c.event_name),
+                    None => c.event_name.clone(),
+                },
+                value,
+                checked: true,
+                nested: false,
+            });
         }
     }
     Ok(out)
@@ -499,22 +522,28 @@ async fn confirm_recover(
     let r = load(&state, &v, &id).await?;
     let range = super::log::Range::parse(q.range.as_deref());
     let since = range.since().unwrap_or(Timestamp::from_millis(0));
+    // The bounds are fixed now and posted back, so what is queued is what was counted
+    // (less any retried meanwhile).
+    let until = Timestamp::now();
     let count = state
         .store
-        .count_failed(&v.session.org_id, r.uid, since, None)
+        .count_failed(&v.session.org_id, r.uid, since, Some(until))
         .await?;
     let base = v.surface.base();
     Ok(render(&Confirm {
         chrome: v.chrome("Recover deliveries", "endpoints"),
         heading: format!("Send {count} failed deliveries again?"),
         message: format!(
-            "{count} deliveries to {} failed in {}. They are queued again with a fresh retry schedule.",
+            "{count} deliveries to {} published in {} have failed. They are queued again with a fresh retry schedule.",
             r.url,
             range.describe()
         ),
         action: format!("{base}/endpoints/{id}/recover"),
         button: format!("Recover {count} deliveries"),
-        hidden: vec![("range".into(), range.as_str().into())],
+        hidden: vec![
+            ("since".into(), since.millis().to_string()),
+            ("until".into(), until.millis().to_string()),
+        ],
         back: format!("{base}/endpoints/{id}"),
     }))
 }
@@ -522,11 +551,14 @@ async fn confirm_recover(
 async fn recover(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
     let v = &a.viewer;
     v.require(Capability::Retry)?;
-    let range = super::log::Range::parse(a.form.get("range"));
-    let since = range.since().unwrap_or(Timestamp::from_millis(0));
+    let bound = |name: &str| -> WebResult<Timestamp> {
+        super::position(name, a.form.get(name))?
+            .map(Timestamp::from_millis)
+            .ok_or_else(|| ApiError::RequiredField(name.into()).into())
+    };
     let body = deliveries::RecoverBody {
-        since: Some(since.to_rfc3339()),
-        until: None,
+        since: Some(bound("since")?.to_rfc3339()),
+        until: Some(bound("until")?.to_rfc3339()),
     };
     let (_, Json(done)) = deliveries::recover(
         State(state),

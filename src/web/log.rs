@@ -99,7 +99,7 @@ struct LogQuery {
     state: Option<String>,
     event: Option<String>,
     range: Option<String>,
-    before: Option<i64>,
+    before: Option<String>,
 }
 
 /// One row of the log.
@@ -108,6 +108,7 @@ pub struct LogRow {
     pub event_name: String,
     pub endpoint_id: String,
     pub endpoint_url: String,
+    pub endpoint_deleted: bool,
     pub state: &'static str,
     pub attempts: u32,
     pub last: String,
@@ -121,6 +122,7 @@ impl From<DeliveryRecord> for LogRow {
             event_name: d.event_name,
             endpoint_id: EndpointId::for_url(&d.endpoint_url).as_str().to_owned(),
             endpoint_url: d.endpoint_url,
+            endpoint_deleted: d.endpoint_deleted,
             state: d.state.as_str(),
             attempts: d.attempts,
             last: match (d.last_status, d.last_error) {
@@ -155,7 +157,7 @@ async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeli
         event_name: q.event.clone().filter(|s| !s.is_empty()),
         since: Range::parse(q.range.as_deref()).since(),
         until: None,
-        before: q.before,
+        before: super::position("before", q.before.as_deref())?,
         scan: SCAN,
         limit: PAGE,
     })

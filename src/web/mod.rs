@@ -178,6 +178,20 @@ impl When {
     }
 }
 
+/// A keyset position from a page's query (`?before=`, `?after=`): a 400 page when it is
+/// not a number.
+pub fn position(name: &str, raw: Option<&str>) -> WebResult<Option<i64>> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            WebError::Api(ApiError::invalid(
+                name,
+                "must be a position from a page's link",
+            ))
+        }),
+    }
+}
+
 /// A capability's check as a page error: 403 in plain words.
 pub fn forbidden(what: Capability) -> WebError {
     WebError::Denied(match what {

@@ -62,6 +62,14 @@ impl Viewer {
         }
     }
 
+    /// `Ok` on the console only (the catalog and the keys have no portal pages).
+    pub fn console_only(&self) -> WebResult<()> {
+        match self.surface {
+            Surface::Console => Ok(()),
+            Surface::Portal => Err(WebError::Api(ApiError::NotFound)),
+        }
+    }
+
     /// Whether the session still holds (a live page checks it as it goes).
     pub async fn still_valid(&self, state: &AppState) -> bool {
         let now = Timestamp::now();
@@ -71,6 +79,7 @@ impl Viewer {
         s.revoked.is_none()
             && s.expires > now
             && matches!(live_admin(state, &self.key.hash).await, Ok(Some(_)))
+            && matches!(grant_holds(state, &s).await, Ok(true))
     }
 
     /// The frame of a page this viewer sees.
@@ -115,6 +124,19 @@ async fn live_admin(
         .filter(|k| k.revoked.is_none() && k.role == Role::Admin && k.hash.ct_eq(hash)))
 }
 
+/// Whether the grant a portal session was made from is still unrevoked (revoking a
+/// grant marks its sessions too; this also covers a session made while it was revoked).
+async fn grant_holds(state: &AppState, session: &WebSessionRecord) -> WebResult<bool> {
+    let Some(grant) = &session.grant_hash else {
+        return Ok(true);
+    };
+    Ok(state
+        .store
+        .find_web_session(grant)
+        .await?
+        .is_some_and(|g| g.kind == WebSessionKind::PortalGrant && g.revoked.is_none()))
+}
+
 /// A stored session of `kind` named by `raw`, unexpired and unrevoked.
 async fn live_session(
     state: &AppState,
@@ -151,6 +173,9 @@ impl FromRequestParts<AppState> for Viewer {
             .await?
             .filter(|k| k.org_id == session.org_id)
             .ok_or_else(signed_out)?;
+        if !grant_holds(state, &session).await? {
+            return Err(signed_out());
+        }
         if let Some(limiter) = &state.limiter {
             limiter.check(&state.store, &key.id).await?;
         }
@@ -399,16 +424,39 @@ async fn portal_session(State(state): State<AppState>, req: Request) -> WebResul
             "This request must come from the portal page.",
         ));
     }
-    let form = read_form(req, &state).await?;
+    // Whatever comes of the trade, the session this browser had ends: a link that
+    // fails must not leave the frame showing a previous session's org.
+    if let Some(old) = cookie(req.headers(), PORTAL_COOKIE) {
+        let old = SessionToken::from_raw(old).hash();
+        state
+            .store
+            .revoke_web_session(&old, Timestamp::now())
+            .await?;
+    }
+    match trade(&state, req).await {
+        Err(WebError::SignedOut(surface)) => {
+            let mut response = WebError::SignedOut(surface).into_response();
+            if let Ok(v) = set_cookie(&state, PORTAL_COOKIE, "/portal", "", 0).parse() {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            Ok(response)
+        }
+        other => other,
+    }
+}
+
+/// The grant named by the posted token, traded for a portal session and its cookie.
+async fn trade(state: &AppState, req: Request) -> WebResult {
+    let form = read_form(req, state).await?;
     let grant = live_session(
-        &state,
+        state,
         form.get("token").unwrap_or(""),
         WebSessionKind::PortalGrant,
     )
     .await?
     .ok_or(WebError::SignedOut(Surface::Portal))?;
     let key_hash = grant.key_hash.ok_or(WebError::SignedOut(Surface::Portal))?;
-    live_admin(&state, &key_hash)
+    live_admin(state, &key_hash)
         .await?
         .ok_or(WebError::SignedOut(Surface::Portal))?;
     let now = Timestamp::now();
@@ -435,7 +483,7 @@ async fn portal_session(State(state): State<AppState>, req: Request) -> WebResul
         StatusCode::NO_CONTENT,
         [(
             header::SET_COOKIE,
-            set_cookie(&state, PORTAL_COOKIE, "/portal", token.expose(), max_age),
+            set_cookie(state, PORTAL_COOKIE, "/portal", token.expose(), max_age),
         )],
     )
         .into_response())

@@ -76,7 +76,7 @@ async fn a_v1_database_migrates_in_place_and_loses_nothing() {
     assert_eq!(
         app.sql_i64("SELECT MAX(version) FROM _sqlx_migrations")
             .await,
-        9,
+        10,
         "migrated to the current schema"
     );
 

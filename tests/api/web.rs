@@ -289,6 +289,29 @@ async fn portal_sessions_are_minted_by_admins_within_bounds() {
     assert_eq!(traded.status(), 204);
     let cookie = pair(&set_cookie(&traded, "posthorn_portal").expect("portal cookie"));
     assert_eq!(page(&app, "/portal/endpoints", &cookie).await.status(), 200);
+    // A link that fails in a browser holding a session ends that session and its
+    // cookie, so the frame never shows the previous org.
+    let other = app
+        .post("/webhooks/v1/portal-sessions", &json!({}))
+        .await
+        .body["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let second = trade(other.clone(), true).await.expect("trade");
+    let second = pair(&set_cookie(&second, "posthorn_portal").expect("cookie"));
+    let failed = client()
+        .post(format!("{}/portal/session", app.base))
+        .header("x-posthorn-portal", "1")
+        .header("cookie", second.clone())
+        .form(&[("token", "expired-or-wrong")])
+        .send()
+        .await
+        .expect("trade");
+    assert_eq!(failed.status(), 401);
+    let cleared = set_cookie(&failed, "posthorn_portal").expect("cleared");
+    assert!(cleared.starts_with("posthorn_portal=;") && cleared.contains("Max-Age=0"));
+    assert_eq!(page(&app, "/portal/endpoints", &second).await.status(), 401);
     app.post(
         "/webhooks/v1/portal-sessions/revoke",
         &json!({"token": token}),
@@ -298,4 +321,39 @@ async fn portal_sessions_are_minted_by_admins_within_bounds() {
     app.post("/webhooks/v1/portal-sessions/revoke", &json!({}))
         .await
         .assert_error(400, "required_field");
+}
+
+#[tokio::test]
+async fn the_edit_form_keeps_what_its_picker_does_not_list_and_bad_positions_are_400() {
+    let app = spawn_app().await;
+    let made = app
+        .post(
+            "/webhooks/v1/endpoints",
+            &json!({"url": "https://example.com/ops", "eventTypes": [
+                {"eventName": "note.created"}, {"eventName": "endpoint.disabled"}]}),
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.text);
+    let id = made.body["id"].as_str().expect("id");
+    let cookie = session(&app, &app.admin_key).await;
+    let form = page(&app, &format!("/console/endpoints/{id}/edit"), &cookie)
+        .await
+        .text()
+        .await
+        .expect("html");
+    for value in ["note.created", "endpoint.disabled"] {
+        assert!(
+            form.contains(&format!("value=\"{value}\" checked")),
+            "{value} is not checked in: {form}"
+        );
+    }
+    for path in ["/console/log?before=x", "/console/endpoints?after=-"] {
+        let resp = page(&app, path, &cookie).await;
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(resp
+            .text()
+            .await
+            .expect("html")
+            .contains("must be a position"));
+    }
 }

@@ -6,6 +6,7 @@ use super::log::delivery_select;
 use super::{is_unique_violation, map_err};
 use crate::domain::{EndpointUid, KeyHash, OrgId, Timestamp};
 use crate::store::rows::{org, DeliveryRow};
+use crate::store::web::go_on_from;
 use crate::store::{
     BucketCounts, DeliveryRecord, OrgDeliveryFilter, Page, StoreError, StoreResult, WebSessionKind,
     WebSessionRecord,
@@ -152,22 +153,26 @@ pub(super) async fn list_org_deliveries(
 ) -> StoreResult<Page<DeliveryRecord>> {
     // ($2, the endpoint, is NULL without one and $9, the scan bound, is bound either
     // way: every statement binds the same parameters.)
-    let index = if f.endpoint.is_some() {
-        "endpoint_uid = $2 AND org_id = $1"
+    let (window, key) = if f.endpoint.is_some() {
+        // The window by `deliveries_endpoint` alone (index-only; the page checks the org).
+        (
+            "endpoint_uid = $2 AND $1::TEXT IS NOT NULL",
+            "d.endpoint_uid = $2 AND d.org_id = $1",
+        )
     } else {
-        "org_id = $1 AND $2::BIGINT IS NULL"
+        (
+            "org_id = $1 AND $2::BIGINT IS NULL",
+            "d.org_id = $1 AND $2::BIGINT IS NULL",
+        )
     };
     let bounded = f.scan > 0 && f.is_filtered();
     let position = if bounded {
         format!(
-            "d.id IN (SELECT id FROM deliveries WHERE {index} AND id < $8 \
+            "d.id IN (SELECT id FROM deliveries WHERE {window} AND id < $8 \
              ORDER BY id DESC LIMIT $9) AND d.org_id = $1"
         )
     } else {
-        format!(
-            "d.{} AND d.id < $8 AND $9::BIGINT >= 0",
-            index.replace("AND org_id", "AND d.org_id")
-        )
+        format!("{key} AND d.id < $8 AND $9::BIGINT >= 0")
     };
     let condition = format!(
         "{position} AND ($3::TEXT IS NULL OR d.state = $3) AND ($4::TEXT IS NULL OR ev.event_name = $4) \
@@ -192,21 +197,23 @@ pub(super) async fn list_org_deliveries(
         .collect::<StoreResult<Vec<_>>>()?;
     let mut page = Page::from_overfetch(items, f.limit, |d| d.id.0);
     if bounded && page.next_after.is_none() {
-        // Short: was the scan cut before the end of the index?
-        let (looked, oldest): (i64, Option<i64>) = sqlx::query_as(&format!(
-            "SELECT COUNT(*), MIN(id) FROM (SELECT id FROM deliveries WHERE {index} \
-             AND id < $3 ORDER BY id DESC LIMIT $4) w"
+        // Short: the window's oldest delivery, if the window was full, and whether
+        // anything older is left.
+        let last: Option<(i64, i64, bool)> = sqlx::query_as(&format!(
+            "SELECT w.id, d.created_ms, \
+               EXISTS (SELECT 1 FROM deliveries WHERE {window} AND id < w.id) \
+             FROM (SELECT id FROM deliveries WHERE {window} AND id < $3 \
+                   ORDER BY id DESC LIMIT 1 OFFSET $4 - 1) w \
+             JOIN deliveries d ON d.id = w.id"
         ))
         .bind(org.as_str())
         .bind(f.endpoint.map(|e| e.0))
         .bind(before)
         .bind(i64::from(f.scan))
-        .fetch_one(pool)
+        .fetch_optional(pool)
         .await
         .map_err(map_err)?;
-        if looked >= i64::from(f.scan) {
-            page.next_after = oldest;
-        }
+        page.next_after = go_on_from(last, f);
     }
     Ok(page)
 }

@@ -1,12 +1,13 @@
 //! The web console's and portal's sessions and org-wide reads on SQLite.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
 use super::log::delivery_select;
 use super::sql::{execute, first, is_unique_violation, map_err, rows, scalar};
 use crate::domain::{EndpointUid, KeyHash, OrgId, Timestamp};
 use crate::store::rows::{org, DeliveryRow};
+use crate::store::web::go_on_from;
 use crate::store::{
     BucketCounts, DeliveryRecord, OrgDeliveryFilter, Page, StoreError, StoreResult, WebSessionKind,
     WebSessionRecord,
@@ -146,23 +147,24 @@ pub(super) fn list_org_deliveries(
 ) -> StoreResult<Page<DeliveryRecord>> {
     // (?2, the endpoint, is NULL without one and ?9, the scan bound, is bound either
     // way: every statement binds the same parameters.)
-    let index = if f.endpoint.is_some() {
-        // `+`: by `deliveries_endpoint`, never `deliveries_org` (SQLite rates them alike).
-        "endpoint_uid = ?2 AND +org_id = ?1"
+    let (window, key) = if f.endpoint.is_some() {
+        // The window by `deliveries_endpoint` alone (the page checks the org); the page
+        // with `+`, never by `deliveries_org` (SQLite rates the two alike).
+        (
+            "endpoint_uid = ?2 AND ?1 IS NOT NULL",
+            "d.endpoint_uid = ?2 AND +d.org_id = ?1",
+        )
     } else {
-        "org_id = ?1 AND ?2 IS NULL"
+        ("org_id = ?1 AND ?2 IS NULL", "d.org_id = ?1 AND ?2 IS NULL")
     };
     let bounded = f.scan > 0 && f.is_filtered();
     let position = if bounded {
         format!(
-            "d.id IN (SELECT id FROM deliveries WHERE {index} AND id < ?8 \
+            "d.id IN (SELECT id FROM deliveries WHERE {window} AND id < ?8 \
              ORDER BY id DESC LIMIT ?9) AND +d.org_id = ?1"
         )
     } else {
-        format!(
-            "d.{} AND d.id < ?8 AND ?9 >= 0",
-            index.replace("+org_id", "+d.org_id")
-        )
+        format!("{key} AND d.id < ?8 AND ?9 >= 0")
     };
     let condition = format!(
         "{position} AND (?3 IS NULL OR d.state = ?3) AND (?4 IS NULL OR ev.event_name = ?4) \
@@ -189,11 +191,15 @@ pub(super) fn list_org_deliveries(
     .collect::<StoreResult<Vec<_>>>()?;
     let mut page = Page::from_overfetch(items, f.limit, |d| d.id.0);
     if bounded && page.next_after.is_none() {
-        // Short: was the scan cut before the end of the index?
-        let (looked, oldest): (i64, Option<i64>) = conn
+        // Short: the window's oldest delivery, if the window was full, and whether
+        // anything older is left.
+        let last: Option<(i64, i64, bool)> = conn
             .prepare_cached(&format!(
-                "SELECT COUNT(*), MIN(id) FROM (SELECT id FROM deliveries WHERE {index} \
-                 AND id < ?3 ORDER BY id DESC LIMIT ?4)"
+                "SELECT w.id, d.created_ms, \
+                   EXISTS (SELECT 1 FROM deliveries WHERE {window} AND id < w.id) \
+                 FROM (SELECT id FROM deliveries WHERE {window} AND id < ?3 \
+                       ORDER BY id DESC LIMIT 1 OFFSET ?4 - 1) w \
+                 JOIN deliveries d ON d.id = w.id"
             ))
             .and_then(|mut stmt| {
                 stmt.query_row(
@@ -203,13 +209,12 @@ pub(super) fn list_org_deliveries(
                         before,
                         i64::from(f.scan)
                     ],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
+                .optional()
             })
             .map_err(map_err)?;
-        if looked >= i64::from(f.scan) {
-            page.next_after = oldest;
-        }
+        page.next_after = go_on_from(last, f);
     }
     Ok(page)
 }

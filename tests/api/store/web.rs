@@ -514,6 +514,16 @@ async fn the_org_log_reads_by_index() {
     );
     by_index(
         &plan(
+            &page(
+                "d.id IN (SELECT id FROM deliveries WHERE endpoint_uid = ?2 AND ?1 IS NOT NULL \
+                 AND id < ?8 ORDER BY id DESC LIMIT ?9) AND +d.org_id = ?1",
+            ),
+            9,
+        ),
+        "COVERING INDEX deliveries_endpoint (endpoint_uid=? AND id<?)",
+    );
+    by_index(
+        &plan(
             "SELECT COUNT(*) FROM deliveries WHERE org_id = ?1 AND endpoint_uid = ?2 \
              AND state = 'failed' AND created_ms >= ?3 AND created_ms < ?4",
             4,
