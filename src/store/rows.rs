@@ -14,6 +14,7 @@ use super::model::{
     EventTypeRecord, EventTypeVersion, FlowConfig, FlowStanding, Payload, SubcategoryRecord,
     Target,
 };
+use super::web::{BucketCounts, WebSessionKind, WebSessionRecord};
 use super::{StoreError, StoreResult};
 use crate::domain::{
     ClaimToken, DeliveryId, DeliveryState, EndpointUid, EventId, EventSchema, EventTypeRef,
@@ -417,4 +418,67 @@ pub(crate) struct PriorEventRow {
     pub id: String,
     pub deliveries: i64,
     pub created_ms: i64,
+}
+
+/// The columns of `web_sessions`, in [`SessionRow`]'s order.
+pub(crate) const SESSION_COLUMNS: &str = "hash, org_id, kind, capabilities, read_only, csrf, \
+    key_hash, grant_hash, created_ms, expires_ms, revoked_ms";
+
+#[derive(Debug, Deserialize, sqlx::FromRow)]
+pub(crate) struct SessionRow {
+    hash: Vec<u8>,
+    org_id: String,
+    kind: String,
+    capabilities: String,
+    read_only: bool,
+    csrf: String,
+    key_hash: Option<Vec<u8>>,
+    grant_hash: Option<Vec<u8>>,
+    created_ms: i64,
+    expires_ms: i64,
+    revoked_ms: Option<i64>,
+}
+
+fn session_hash(bytes: Vec<u8>) -> StoreResult<KeyHash> {
+    bytes
+        .try_into()
+        .map(KeyHash)
+        .map_err(|_| StoreError::corrupt("a web session hash is not 32 bytes"))
+}
+
+impl SessionRow {
+    pub(crate) fn into_record(self) -> StoreResult<WebSessionRecord> {
+        Ok(WebSessionRecord {
+            hash: session_hash(self.hash)?,
+            org_id: org(self.org_id)?,
+            kind: WebSessionKind::parse(&self.kind)
+                .ok_or_else(|| StoreError::corrupt(format!("web session kind {:?}", self.kind)))?,
+            capabilities: self.capabilities,
+            read_only: self.read_only,
+            csrf: self.csrf,
+            key_hash: self.key_hash.map(session_hash).transpose()?,
+            grant_hash: self.grant_hash.map(session_hash).transpose()?,
+            created: Timestamp::from_millis(self.created_ms),
+            expires: Timestamp::from_millis(self.expires_ms),
+            revoked: time(self.revoked_ms),
+        })
+    }
+}
+
+/// One `endpoint_stats` bucket (or a sum of them).
+#[derive(Debug, Deserialize, sqlx::FromRow)]
+pub(crate) struct BucketRow {
+    bucket_ms: i64,
+    delivered: i64,
+    failed: i64,
+}
+
+impl From<BucketRow> for BucketCounts {
+    fn from(r: BucketRow) -> Self {
+        Self {
+            start: Timestamp::from_millis(r.bucket_ms),
+            delivered: u64::try_from(r.delivered).unwrap_or(0),
+            failed: u64::try_from(r.failed).unwrap_or(0),
+        }
+    }
 }

@@ -7,9 +7,8 @@ use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::endpoints::Notice;
 use super::session::{Action, Viewer};
-use super::{render, Chrome, WebResult, When};
+use super::{render, Chrome, Notice, WebResult, When};
 use crate::app::AppState;
 use crate::http::catalog::{self, CreateSubcategoryBody};
 use crate::http::input::{JsonBody, PathParam};

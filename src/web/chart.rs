@@ -148,8 +148,8 @@ struct StatsPage {
 }
 
 #[derive(Deserialize)]
-struct WindowQuery {
-    window: Option<String>,
+pub struct WindowQuery {
+    pub window: Option<String>,
 }
 
 async fn stats(

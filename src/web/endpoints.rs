@@ -1,6 +1,6 @@
 //! Endpoint pages: the list, create and edit (with the event-type picker), the endpoint
-//! with its statistics, delete, test, rotate, recover. Changes go through the API's
-//! own handlers, acting as the session's key.
+//! with its statistics, enable/disable, delete (endpoint_ops.rs has test, rotate and
+//! recover). Changes go through the API's own handlers, acting as the session's key.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -11,14 +11,14 @@ use serde::Deserialize;
 
 use super::chart::{self, Chart};
 use super::session::{Action, Form, Viewer};
-use super::{render, Chrome, WebResult, When};
+use super::{render, Chrome, Confirm, Notice, WebResult, When};
 use crate::app::AppState;
 use crate::domain::{Capability, EndpointId, EndpointUid, EventTypeRef, Timestamp};
 use crate::error::ApiError;
 use crate::http::catalog::EventTypeInput;
+use crate::http::endpoint_ops;
 use crate::http::endpoints::{self as api, CreateEndpointBody, UpdateEndpointBody};
 use crate::http::input::{JsonBody, PathParam};
-use crate::http::{deliveries, endpoint_ops};
 use crate::store::EndpointRecord;
 
 const PAGE: u32 = 50;
@@ -31,12 +31,6 @@ pub fn routes() -> Router<AppState> {
         .route("/endpoints/{id}/edit", get(edit))
         .route("/endpoints/{id}/toggle", post(toggle))
         .route("/endpoints/{id}/delete", get(confirm_delete).post(delete))
-        .route("/endpoints/{id}/test", post(test))
-        .route("/endpoints/{id}/rotate", post(rotate))
-        .route(
-            "/endpoints/{id}/recover",
-            get(confirm_recover).post(recover),
-        )
 }
 
 /// An endpoint as the pages show it.
@@ -79,7 +73,7 @@ async fn row(state: &AppState, r: EndpointRecord) -> WebResult<Row> {
     })
 }
 
-async fn load(state: &AppState, v: &Viewer, id: &str) -> WebResult<EndpointRecord> {
+pub(super) async fn load(state: &AppState, v: &Viewer, id: &str) -> WebResult<EndpointRecord> {
     let url = EndpointId::from_raw(id).url().ok_or(ApiError::NotFound)?;
     Ok(state.store.get_endpoint(&v.session.org_id, &url).await?)
 }
@@ -271,20 +265,6 @@ async fn refused(
     Ok((e.status(), render(&page)).into_response())
 }
 
-#[derive(Template)]
-#[template(path = "notice.html")]
-pub struct Notice {
-    pub chrome: Chrome,
-    pub heading: String,
-    /// Shown in a copyable box, with a warning that it is shown once.
-    pub secret: Option<String>,
-    pub facts: Vec<(String, String)>,
-    /// A body shown as preformatted text.
-    pub body: Option<String>,
-    pub next_href: String,
-    pub next_label: String,
-}
-
 async fn create(State(state): State<AppState>, a: Action) -> WebResult {
     let v = &a.viewer;
     v.require(Capability::ManageEndpoints)?;
@@ -371,16 +351,11 @@ struct ShowPage {
     window: &'static str,
 }
 
-#[derive(Deserialize)]
-struct WindowQuery {
-    window: Option<String>,
-}
-
 async fn show(
     State(state): State<AppState>,
     v: Viewer,
     Path(id): Path<String>,
-    Query(q): Query<WindowQuery>,
+    Query(q): Query<chart::WindowQuery>,
 ) -> WebResult {
     let r = load(&state, &v, &id).await?;
     let uid: EndpointUid = r.uid;
@@ -410,18 +385,6 @@ async fn show(
     }))
 }
 
-#[derive(Template)]
-#[template(path = "confirm.html")]
-pub struct Confirm {
-    pub chrome: Chrome,
-    pub heading: String,
-    pub message: String,
-    pub action: String,
-    pub button: String,
-    pub hidden: Vec<(String, String)>,
-    pub back: String,
-}
-
 async fn confirm_delete(
     State(state): State<AppState>,
     v: Viewer,
@@ -449,132 +412,4 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>, a: Action
     v.require(Capability::ManageEndpoints)?;
     let Json(_) = api::delete_endpoint(State(state), v.caller(), PathParam(id)).await?;
     Ok(Redirect::to(&format!("{}/endpoints", v.surface.base())).into_response())
-}
-
-async fn test(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
-    let v = &a.viewer;
-    v.require(Capability::ManageEndpoints)?;
-    let Json(t) =
-        endpoint_ops::test_endpoint(State(state), v.caller(), PathParam(id.clone())).await?;
-    let mut facts = vec![(
-        "Outcome".to_owned(),
-        if t.success { "delivered" } else { "failed" }.to_owned(),
-    )];
-    facts.push((
-        "Status".into(),
-        t.status_code.map_or("no answer".into(), |s| s.to_string()),
-    ));
-    facts.push(("Latency".into(), format!("{} ms", t.latency_ms)));
-    if let Some(e) = t.error {
-        facts.push(("Error".into(), e));
-    }
-    Ok(render(&Notice {
-        chrome: v.chrome("Test event", "endpoints"),
-        heading: "The endpoint's answer to a test event".into(),
-        secret: None,
-        facts,
-        body: t.response_body,
-        next_href: format!("{}/endpoints/{id}", v.surface.base()),
-        next_label: "Back to the endpoint".into(),
-    }))
-}
-
-async fn rotate(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
-    let v = &a.viewer;
-    v.require(Capability::RotateSecrets)?;
-    let body = endpoint_ops::RotateBody {
-        secret: None,
-        grace_period: None,
-    };
-    let Json(r) = endpoint_ops::rotate_secret(
-        State(state),
-        v.caller(),
-        PathParam(id.clone()),
-        JsonBody(body),
-    )
-    .await?;
-    Ok(render(&Notice {
-        chrome: v.chrome("Secret rotated", "endpoints"),
-        heading: "The endpoint has a new secret".into(),
-        secret: r.secret,
-        facts: vec![(
-            "The previous secret signs too until".into(),
-            When::of(r.previous_secret_expires).text,
-        )],
-        body: None,
-        next_href: format!("{}/endpoints/{id}", v.surface.base()),
-        next_label: "Back to the endpoint".into(),
-    }))
-}
-
-#[derive(Deserialize)]
-struct RangeQuery {
-    range: Option<String>,
-}
-
-async fn confirm_recover(
-    State(state): State<AppState>,
-    v: Viewer,
-    Path(id): Path<String>,
-    Query(q): Query<RangeQuery>,
-) -> WebResult {
-    v.require(Capability::Retry)?;
-    let r = load(&state, &v, &id).await?;
-    let range = super::log::Range::parse(q.range.as_deref());
-    let since = range.since().unwrap_or(Timestamp::from_millis(0));
-    // The bounds are fixed now and posted back, so what is queued is what was counted
-    // (less any retried meanwhile).
-    let until = Timestamp::now();
-    let count = state
-        .store
-        .count_failed(&v.session.org_id, r.uid, since, Some(until))
-        .await?;
-    let base = v.surface.base();
-    Ok(render(&Confirm {
-        chrome: v.chrome("Recover deliveries", "endpoints"),
-        heading: format!("Send {count} failed deliveries again?"),
-        message: format!(
-            "{count} deliveries to {} published in {} have failed. They are queued again with a fresh retry schedule.",
-            r.url,
-            range.describe()
-        ),
-        action: format!("{base}/endpoints/{id}/recover"),
-        button: format!("Recover {count} deliveries"),
-        hidden: vec![
-            ("since".into(), since.millis().to_string()),
-            ("until".into(), until.millis().to_string()),
-        ],
-        back: format!("{base}/endpoints/{id}"),
-    }))
-}
-
-async fn recover(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
-    let v = &a.viewer;
-    v.require(Capability::Retry)?;
-    let bound = |name: &str| -> WebResult<Timestamp> {
-        super::position(name, a.form.get(name))?
-            .map(Timestamp::from_millis)
-            .ok_or_else(|| ApiError::RequiredField(name.into()).into())
-    };
-    let body = deliveries::RecoverBody {
-        since: Some(bound("since")?.to_rfc3339()),
-        until: Some(bound("until")?.to_rfc3339()),
-    };
-    let (_, Json(done)) = deliveries::recover(
-        State(state),
-        v.caller(),
-        PathParam(id.clone()),
-        JsonBody(body),
-    )
-    .await?;
-    let base = v.surface.base();
-    Ok(render(&Notice {
-        chrome: v.chrome("Recovered", "endpoints"),
-        heading: format!("{} deliveries queued again", done.queued),
-        secret: None,
-        facts: vec![],
-        body: None,
-        next_href: format!("{base}/log?endpoint={id}"),
-        next_label: "Watch them in the delivery log".into(),
-    }))
 }

@@ -10,6 +10,7 @@
 
 mod admin;
 mod chart;
+mod endpoint_ops;
 mod endpoints;
 mod log;
 pub mod session;
@@ -111,6 +112,34 @@ impl IntoResponse for WebError {
             }
         }
     }
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+/// A result page: a heading, what happened, maybe a secret shown once.
+pub struct Notice {
+    pub chrome: Chrome,
+    pub heading: String,
+    /// Shown in a copyable box, with a warning that it is shown once.
+    pub secret: Option<String>,
+    pub facts: Vec<(String, String)>,
+    /// A body shown as preformatted text.
+    pub body: Option<String>,
+    pub next_href: String,
+    pub next_label: String,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+/// A question before a change: the form that makes it, or back.
+pub struct Confirm {
+    pub chrome: Chrome,
+    pub heading: String,
+    pub message: String,
+    pub action: String,
+    pub button: String,
+    pub hidden: Vec<(String, String)>,
+    pub back: String,
 }
 
 /// The frame of every page: where the site is, the CSRF token, what the viewer may do.
@@ -223,6 +252,7 @@ fn shared() -> Router<AppState> {
         .route("/assets/app.css", get(css))
         .route("/assets/app.js", get(js))
         .merge(endpoints::routes())
+        .merge(endpoint_ops::routes())
         .merge(log::routes())
         .merge(chart::routes())
 }

@@ -1,78 +1,16 @@
 //! The web console's and portal's sessions and org-wide reads on SQLite.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Deserialize;
 
 use super::log::delivery_select;
 use super::sql::{execute, first, is_unique_violation, map_err, rows, scalar};
 use crate::domain::{EndpointUid, KeyHash, OrgId, Timestamp};
-use crate::store::rows::{org, DeliveryRow};
+use crate::store::rows::{BucketRow, DeliveryRow, SessionRow, SESSION_COLUMNS};
 use crate::store::web::go_on_from;
 use crate::store::{
-    BucketCounts, DeliveryRecord, OrgDeliveryFilter, Page, StoreError, StoreResult, WebSessionKind,
+    BucketCounts, DeliveryRecord, OrgDeliveryFilter, Page, StoreError, StoreResult,
     WebSessionRecord,
 };
-
-const SESSION_COLUMNS: &str = "hash, org_id, kind, capabilities, read_only, csrf, key_hash, \
-    grant_hash, created_ms, expires_ms, revoked_ms";
-
-#[derive(Debug, Deserialize)]
-struct SessionRow {
-    hash: Vec<u8>,
-    org_id: String,
-    kind: String,
-    capabilities: String,
-    read_only: bool,
-    csrf: String,
-    key_hash: Option<Vec<u8>>,
-    grant_hash: Option<Vec<u8>>,
-    created_ms: i64,
-    expires_ms: i64,
-    revoked_ms: Option<i64>,
-}
-
-fn hash(bytes: Vec<u8>) -> StoreResult<KeyHash> {
-    bytes
-        .try_into()
-        .map(KeyHash)
-        .map_err(|_| StoreError::corrupt("a web session hash is not 32 bytes"))
-}
-
-impl SessionRow {
-    fn into_record(self) -> StoreResult<WebSessionRecord> {
-        Ok(WebSessionRecord {
-            hash: hash(self.hash)?,
-            org_id: org(self.org_id)?,
-            kind: WebSessionKind::parse(&self.kind)
-                .ok_or_else(|| StoreError::corrupt(format!("web session kind {:?}", self.kind)))?,
-            capabilities: self.capabilities,
-            read_only: self.read_only,
-            csrf: self.csrf,
-            key_hash: self.key_hash.map(hash).transpose()?,
-            grant_hash: self.grant_hash.map(hash).transpose()?,
-            created: Timestamp::from_millis(self.created_ms),
-            expires: Timestamp::from_millis(self.expires_ms),
-            revoked: self.revoked_ms.map(Timestamp::from_millis),
-        })
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct BucketRow {
-    bucket_ms: i64,
-    delivered: i64,
-    failed: i64,
-}
-
-impl From<BucketRow> for BucketCounts {
-    fn from(r: BucketRow) -> Self {
-        Self {
-            start: Timestamp::from_millis(r.bucket_ms),
-            delivered: u64::try_from(r.delivered).unwrap_or(0),
-            failed: u64::try_from(r.failed).unwrap_or(0),
-        }
-    }
-}
 
 pub(super) fn insert_session(conn: &Connection, s: &WebSessionRecord) -> StoreResult<()> {
     conn.prepare_cached(&format!(
