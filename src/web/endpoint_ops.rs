@@ -16,6 +16,11 @@ use crate::error::ApiError;
 use crate::http::input::{JsonBody, PathParam};
 use crate::http::{deliveries, endpoint_ops};
 
+/// `1 delivery`, `3 deliveries`.
+fn deliveries_n(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/endpoints/{id}/test", post(test))
@@ -107,14 +112,18 @@ async fn confirm_recover(
     let base = v.surface.base();
     Ok(render(&Confirm {
         chrome: v.chrome("Recover deliveries", "endpoints"),
-        heading: format!("Send {count} failed deliveries again?"),
+        heading: format!(
+            "Send {} again?",
+            deliveries_n(count, "failed delivery", "failed deliveries")
+        ),
         message: format!(
-            "{count} deliveries to {} published in {} have failed. They are queued again with a fresh retry schedule.",
+            "{} to {} published in {} failed. They are queued again with a fresh retry schedule.",
+            deliveries_n(count, "delivery", "deliveries"),
             r.url,
             range.describe()
         ),
         action: format!("{base}/endpoints/{id}/recover"),
-        button: format!("Recover {count} deliveries"),
+        button: format!("Recover {}", deliveries_n(count, "delivery", "deliveries")),
         hidden: vec![
             ("since".into(), since.millis().to_string()),
             ("until".into(), until.millis().to_string()),
@@ -145,7 +154,10 @@ async fn recover(State(state): State<AppState>, Path(id): Path<String>, a: Actio
     let base = v.surface.base();
     Ok(render(&Notice {
         chrome: v.chrome("Recovered", "endpoints"),
-        heading: format!("{} deliveries queued again", done.queued),
+        heading: format!(
+            "{} queued again",
+            deliveries_n(done.queued, "delivery", "deliveries")
+        ),
         secret: None,
         facts: vec![],
         body: None,

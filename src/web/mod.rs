@@ -48,7 +48,9 @@ impl Surface {
 #[derive(Debug)]
 pub enum WebError {
     Api(ApiError),
-    /// No session, or an expired or revoked one.
+    /// No session cookie at all.
+    NoSession(Surface),
+    /// An expired or revoked session (or a cookie that names none).
     SignedOut(Surface),
     /// 403: the session may not do this (the message says why, in plain words).
     Denied(&'static str),
@@ -79,10 +81,11 @@ struct ErrorPage {
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         match self {
+            Self::NoSession(Surface::Console) => Redirect::to("/console/sign-in").into_response(),
             Self::SignedOut(Surface::Console) => {
                 Redirect::to("/console/sign-in?expired=1").into_response()
             }
-            Self::SignedOut(Surface::Portal) => {
+            Self::NoSession(Surface::Portal) | Self::SignedOut(Surface::Portal) => {
                 let page = ErrorPage {
                     chrome: Chrome::bare(Surface::Portal, "Session ended"),
                     status: 401,

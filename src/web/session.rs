@@ -164,7 +164,7 @@ impl FromRequestParts<AppState> for Viewer {
             Surface::Portal => (PORTAL_COOKIE, WebSessionKind::Portal),
         };
         let signed_out = || WebError::SignedOut(surface);
-        let raw = cookie(&parts.headers, name).ok_or_else(signed_out)?;
+        let raw = cookie(&parts.headers, name).ok_or(WebError::NoSession(surface))?;
         let session = live_session(state, raw, kind)
             .await?
             .ok_or_else(signed_out)?;

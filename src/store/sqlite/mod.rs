@@ -22,6 +22,7 @@ mod queue;
 mod retention;
 mod sql;
 mod store;
+mod store_log;
 mod thread;
 mod web;
 
