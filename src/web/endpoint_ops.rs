@@ -62,6 +62,17 @@ async fn test(State(state): State<AppState>, Path(id): Path<String>, a: Action) 
 async fn rotate(State(state): State<AppState>, Path(id): Path<String>, a: Action) -> WebResult {
     let v = &a.viewer;
     v.require(Capability::RotateSecrets)?;
+    // The page's version of the endpoint: a reload posting the form again would
+    // otherwise rotate again and end the first new secret's grace at once.
+    let current = load(&state, v, &id).await?;
+    if a.form.get("version") != Some(current.modified.millis().to_string().as_str()) {
+        return Err(ApiError::AlreadyExists(
+            "this endpoint changed since the page was shown (was its secret rotated \
+             already?): open it again and rotate from there"
+                .into(),
+        )
+        .into());
+    }
     let body = endpoint_ops::RotateBody {
         secret: None,
         grace_period: None,

@@ -42,6 +42,9 @@ pub struct Row {
     pub event_types: String,
     pub success_rate: String,
     pub created: When,
+    /// When it last changed (ms): the rotate form carries it, so a form posted twice
+    /// (a reload) does not rotate twice.
+    pub version: i64,
 }
 
 async fn row(state: &AppState, r: EndpointRecord) -> WebResult<Row> {
@@ -70,6 +73,7 @@ async fn row(state: &AppState, r: EndpointRecord) -> WebResult<Row> {
         disabled_reason: r.disabled_reason,
         success_rate: rate.unwrap_or_else(|| "no deliveries in 24 h".into()),
         created: When::of(r.created),
+        version: r.modified.millis(),
     })
 }
 

@@ -99,6 +99,9 @@ struct LogQuery {
     state: Option<String>,
     event: Option<String>,
     range: Option<String>,
+    /// A range of one's own (RFC 3339), within the preset's.
+    from: Option<String>,
+    until: Option<String>,
     before: Option<String>,
 }
 
@@ -144,6 +147,10 @@ async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeli
         }
         None => None,
     };
+    let (from, until) = (
+        deliveries::parse_time("from", q.from.as_deref())?,
+        deliveries::parse_time("until", q.until.as_deref())?,
+    );
     let delivery_state = match q.state.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(
             s.parse::<DeliveryState>()
@@ -155,8 +162,8 @@ async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeli
         endpoint,
         state: delivery_state,
         event_name: q.event.clone().filter(|s| !s.is_empty()),
-        since: Range::parse(q.range.as_deref()).since(),
-        until: None,
+        since: Range::parse(q.range.as_deref()).since().max(from),
+        until,
         before: super::position("before", q.before.as_deref())?,
         scan: SCAN,
         limit: PAGE,
@@ -172,6 +179,8 @@ struct LogPage {
     state: String,
     event: String,
     range: &'static str,
+    from: String,
+    until: String,
     /// The query of this page without `before` (for the stream and the "older" link).
     query: String,
     older: Option<i64>,
@@ -195,6 +204,8 @@ fn query_string(q: &LogQuery) -> String {
         ("state", &q.state),
         ("event", &q.event),
         ("range", &q.range),
+        ("from", &q.from),
+        ("until", &q.until),
     ] {
         if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
             s.append_pair(k, v);
@@ -217,6 +228,8 @@ async fn log(State(state): State<AppState>, v: Viewer, Query(q): Query<LogQuery>
         state: q.state.clone().unwrap_or_default(),
         event: q.event.clone().unwrap_or_default(),
         range: Range::parse(q.range.as_deref()).as_str(),
+        from: q.from.clone().unwrap_or_default(),
+        until: q.until.clone().unwrap_or_default(),
         query: query_string(&q),
         scan: SCAN,
         cut,

@@ -358,3 +358,58 @@ async fn the_edit_form_keeps_what_its_picker_does_not_list_and_bad_positions_are
             .contains("must be a position"));
     }
 }
+
+#[tokio::test]
+async fn a_reposted_rotate_is_refused_and_the_log_takes_a_range_of_ones_own() {
+    let app = spawn_app().await;
+    let made = app
+        .post(
+            "/webhooks/v1/endpoints",
+            &json!({"url": "https://example.com/rotating"}),
+        )
+        .await;
+    let id = made.body["id"].as_str().expect("id").to_owned();
+    let cookie = session(&app, &app.admin_key).await;
+    let html = page(&app, &format!("/console/endpoints/{id}"), &cookie)
+        .await
+        .text()
+        .await
+        .expect("html");
+    let field = |name: &str| {
+        html.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in the page"))
+            .to_owned()
+    };
+    let (csrf, version) = (field("csrf"), field("version"));
+    let rotate = || {
+        client()
+            .post(format!("{}/console/endpoints/{id}/rotate", app.base))
+            .header("cookie", cookie.clone())
+            .form(&[("csrf", csrf.as_str()), ("version", version.as_str())])
+            .send()
+    };
+    let first = rotate().await.expect("rotate");
+    assert_eq!(first.status(), 200);
+    assert!(first.text().await.expect("html").contains("whsec_"));
+    // The same form again (a reload): refused, the first rotation stands.
+    let again = rotate().await.expect("rotate");
+    assert_eq!(again.status(), 409);
+    assert!(again.text().await.expect("html").contains("rotated"));
+
+    let ok = page(
+        &app,
+        "/console/log?from=2026-01-01T00:00:00Z&until=2030-01-01T00:00:00Z&state=failed",
+        &cookie,
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+    let bad = page(&app, "/console/log?from=yesterday", &cookie).await;
+    assert_eq!(bad.status(), 400);
+    assert!(bad
+        .text()
+        .await
+        .expect("html")
+        .contains("from must be an RFC 3339 time"));
+}
