@@ -60,12 +60,7 @@ pub struct ApiKey(String);
 impl ApiKey {
     /// Mints a new key: `ph_` and 32 random bytes, base64url.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        Self(format!(
-            "ph_{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        ))
+        Self(format!("ph_{}", random_token()))
     }
 
     pub fn from_raw(raw: impl Into<String>) -> Self {
@@ -77,8 +72,15 @@ impl ApiKey {
     }
 
     pub fn hash(&self) -> KeyHash {
-        KeyHash(Sha256::digest(self.0.as_bytes()).into())
+        KeyHash::of(&self.0)
     }
+}
+
+/// 32 random bytes in unpadded base64url: the secret part of keys and session tokens.
+pub(crate) fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 impl fmt::Debug for ApiKey {
@@ -92,6 +94,11 @@ impl fmt::Debug for ApiKey {
 pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
+    /// The SHA-256 of a secret, as it is stored.
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
     /// Compares two hashes in constant time.
     pub fn ct_eq(&self, other: &KeyHash) -> bool {
         self.0.ct_eq(&other.0).into()

@@ -5,10 +5,6 @@
 
 use std::fmt;
 
-use base64::Engine;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-
 use super::KeyHash;
 
 /// One thing a portal session may be allowed to do. Viewing is always allowed.
@@ -111,9 +107,7 @@ pub struct SessionToken(String);
 
 impl SessionToken {
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+        Self(super::api_key::random_token())
     }
 
     pub fn from_raw(raw: impl Into<String>) -> Self {
@@ -125,7 +119,7 @@ impl SessionToken {
     }
 
     pub fn hash(&self) -> KeyHash {
-        KeyHash(Sha256::digest(self.0.as_bytes()).into())
+        KeyHash::of(&self.0)
     }
 }
 
