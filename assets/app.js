@@ -40,6 +40,10 @@ function portalStart() {
     return;
   }
   var status = document.getElementById("portal-status");
+  var fail = function (message) {
+    document.getElementById("portal-heading").textContent = "The portal could not be opened";
+    status.textContent = message;
+  };
   var match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (!match) {
     location.replace("/portal/endpoints");
@@ -50,7 +54,7 @@ function portalStart() {
   try {
     token = decodeURIComponent(match[1]);
   } catch (e) {
-    status.textContent = "This portal link is not valid. Open the portal again from the page that linked you here.";
+    fail("This portal link is not valid. Open the portal again from the page that linked you here.");
     return;
   }
   fetch("/portal/session", {
@@ -65,10 +69,10 @@ function portalStart() {
     if (r.ok) {
       location.replace("/portal/endpoints");
     } else {
-      status.textContent = "This portal link has expired or is not valid. Open the portal again from the page that linked you here.";
+      fail("This portal link has expired or is not valid. Open the portal again from the page that linked you here.");
     }
   }, function () {
-    status.textContent = "The portal could not be reached. Try again in a moment.";
+    fail("The portal could not be reached. Try again in a moment.");
   });
 }
 
