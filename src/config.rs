@@ -82,7 +82,8 @@ pub struct ServeConfig {
     pub rate_limit_burst: Option<u32>,
 
     /// Failed authentications per minute per client address before they answer 429
-    /// (0 turns this off). Valid keys are never slowed.
+    /// (0 turns this off). Valid keys are not counted, but once an address is over the
+    /// limit every request from it waits, whatever key it carries.
     #[arg(long, env = "POSTHORN_FAILED_AUTH_LIMIT", default_value_t = 60)]
     pub failed_auth_limit: u32,
 
@@ -102,6 +103,68 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub web: WebConfig,
+
+    #[command(flatten)]
+    pub streams: StreamConfig,
+
+    #[command(flatten)]
+    pub validation: ValidationConfig,
+
+    #[command(flatten)]
+    pub fan_out: FanOutConfig,
+}
+
+/// How much one org may make posthorn store (see `fan_out.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct FanOutConfig {
+    /// Live endpoints one org may have; creating one more is answered 422
+    /// `limit_exceeded`.
+    #[arg(long, env = "POSTHORN_MAX_ENDPOINTS_PER_ORG", default_value_t = 5000)]
+    pub max_endpoints_per_org: u32,
+
+    /// Deliveries one publish or batch may make (each event times the endpoints it goes
+    /// to, counted before anything is stored); past it the request is answered 422
+    /// `limit_exceeded` and nothing is stored. Also the most deliveries of one org
+    /// being written at once, and of one commit.
+    #[arg(
+        long,
+        env = "POSTHORN_MAX_DELIVERIES_PER_REQUEST",
+        default_value_t = 20_000
+    )]
+    pub max_deliveries_per_request: u32,
+}
+
+impl Default for FanOutConfig {
+    fn default() -> Self {
+        Self {
+            max_endpoints_per_org: 5000,
+            max_deliveries_per_request: 20_000,
+        }
+    }
+}
+
+/// How checks of event data against schemas are bounded (see `domain/schema/checks.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct ValidationConfig {
+    /// Time a request's schema checks (publish, or an example at save) may take, waiting
+    /// for room included; past it the request is answered 422 `validation_budget_exceeded`
+    /// and nothing is stored.
+    #[arg(long = "validation-budget", env = "POSTHORN_VALIDATION_BUDGET", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub budget: Duration,
+
+    /// Schema checks at once, on threads off the async workers (one org gets half of
+    /// them, at least one). Default: the number of cores, at least 2.
+    #[arg(long = "validation-threads", env = "POSTHORN_VALIDATION_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            budget: Duration::from_secs(1),
+            threads: None,
+        }
+    }
 }
 
 /// The web console and the customer portal (see `web/`).
@@ -121,6 +184,34 @@ pub struct WebConfig {
     /// How long a console sign-in lasts (`12h`, `30m`).
     #[arg(long, env = "POSTHORN_CONSOLE_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
     pub console_session_ttl: Duration,
+
+    /// Requests per second one portal session may make (0: no limit). Portal sessions
+    /// never count against the key that minted their link.
+    #[arg(long, env = "POSTHORN_PORTAL_RATE_LIMIT", default_value_t = 20)]
+    pub portal_rate_limit: u32,
+
+    /// Requests per second all the sessions of one portal link may make together (0: no
+    /// limit).
+    #[arg(long, env = "POSTHORN_PORTAL_LINK_RATE_LIMIT", default_value_t = 50)]
+    pub portal_link_rate_limit: u32,
+
+    /// Times per minute one portal link may be traded for a session (0: no limit).
+    #[arg(long, env = "POSTHORN_PORTAL_TRADE_LIMIT", default_value_t = 30)]
+    pub portal_trade_limit: u32,
+
+    /// Portal-link trades per minute from one client address, whatever the link (0: no
+    /// limit).
+    #[arg(
+        long,
+        env = "POSTHORN_PORTAL_TRADE_ADDRESS_LIMIT",
+        default_value_t = 120
+    )]
+    pub portal_trade_address_limit: u32,
+
+    /// Live portal sessions one link may have: opening it once more ends its oldest
+    /// session.
+    #[arg(long, env = "POSTHORN_PORTAL_SESSIONS_PER_LINK", default_value_t = 20)]
+    pub portal_sessions_per_link: u32,
 }
 
 impl Default for WebConfig {
@@ -129,6 +220,11 @@ impl Default for WebConfig {
             public_url: None,
             portal_frame_origins: Vec::new(),
             console_session_ttl: Duration::from_secs(12 * 3600),
+            portal_rate_limit: 20,
+            portal_link_rate_limit: 50,
+            portal_trade_limit: 30,
+            portal_trade_address_limit: 120,
+            portal_sessions_per_link: 20,
         }
     }
 }
@@ -157,12 +253,80 @@ impl ServeConfig {
     }
 }
 
+/// How event streams (the live log, `posthorn listen`) are bounded (see `http/streams.rs`).
+#[derive(Debug, Clone, Args)]
+pub struct StreamConfig {
+    /// Event streams open at once in this process (never more than half of
+    /// `--max-connections`); one more is answered 429 and closed.
+    #[arg(
+        long = "max-streams",
+        env = "POSTHORN_MAX_STREAMS",
+        default_value_t = 64
+    )]
+    pub max_streams: usize,
+
+    /// Event streams one org may hold open at once.
+    #[arg(
+        long = "max-streams-per-org",
+        env = "POSTHORN_MAX_STREAMS_PER_ORG",
+        default_value_t = 16
+    )]
+    pub per_org: usize,
+
+    /// Event streams open at once of one API key (`listen`, console sessions signed in
+    /// with it), and of one portal link (all its sessions together).
+    #[arg(
+        long = "max-streams-per-key",
+        env = "POSTHORN_MAX_STREAMS_PER_KEY",
+        default_value_t = 8
+    )]
+    pub per_key: usize,
+
+    /// Live-log streams one console or portal session may hold open at once.
+    #[arg(
+        long = "max-streams-per-session",
+        env = "POSTHORN_MAX_STREAMS_PER_SESSION",
+        default_value_t = 4
+    )]
+    pub per_session: usize,
+
+    /// How long one event stream lasts at most (a browser reconnects by itself;
+    /// `posthorn listen` is told and ends).
+    #[arg(long = "max-stream-life", env = "POSTHORN_MAX_STREAM_LIFE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_life: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: 64,
+            per_org: 16,
+            per_key: 8,
+            per_session: 4,
+            max_life: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// How client connections are bounded (see `http/conn.rs`).
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionConfig {
-    /// Connections served at once; one more is answered 503 and closed.
+    /// Connections served at once; one more takes the slot of an idle or half-sent
+    /// connection of the client holding the most, or is answered 503 and closed.
     #[arg(long, env = "POSTHORN_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+
+    /// Connections one client address (IPv6: one /64) may hold at once, so that one
+    /// client cannot take every slot; one more takes the slot of that client's idle or
+    /// half-sent connection, or is answered 503. `0` turns the per-client cap off. Behind
+    /// a reverse proxy every connection is the proxy's: raise it to `max_connections` or
+    /// turn it off.
+    #[arg(
+        long,
+        env = "POSTHORN_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
 
     /// How long a client may take to send a request's headers, from the moment the
     /// connection is ready for one (after it opens, or after the previous response:
@@ -179,6 +343,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_client: 256,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
         }
@@ -309,6 +474,14 @@ impl ServeConfig {
                 "POSTHORN_BOOTSTRAP_KEY (--bootstrap-key) must be at least {MIN_BOOTSTRAP_KEY_LEN} characters"
             );
         }
+        ensure!(
+            self.fan_out.max_endpoints_per_org > 0,
+            "POSTHORN_MAX_ENDPOINTS_PER_ORG (--max-endpoints-per-org) must be at least 1"
+        );
+        ensure!(
+            self.fan_out.max_deliveries_per_request > 0,
+            "POSTHORN_MAX_DELIVERIES_PER_REQUEST (--max-deliveries-per-request) must be at least 1"
+        );
         let d = &self.delivery;
         ensure!(
             !d.attempt_timeout.is_zero(),
@@ -363,6 +536,36 @@ impl ServeConfig {
             !c.body_timeout.is_zero(),
             "POSTHORN_BODY_TIMEOUT (--body-timeout) must be more than 0"
         );
+        let st = &self.streams;
+        for (value, name) in [
+            (st.max_streams, "POSTHORN_MAX_STREAMS (--max-streams)"),
+            (
+                st.per_org,
+                "POSTHORN_MAX_STREAMS_PER_ORG (--max-streams-per-org)",
+            ),
+            (
+                st.per_key,
+                "POSTHORN_MAX_STREAMS_PER_KEY (--max-streams-per-key)",
+            ),
+            (
+                st.per_session,
+                "POSTHORN_MAX_STREAMS_PER_SESSION (--max-streams-per-session)",
+            ),
+        ] {
+            ensure!(value > 0, "{name} must be at least 1");
+        }
+        ensure!(
+            !st.max_life.is_zero(),
+            "POSTHORN_MAX_STREAM_LIFE (--max-stream-life) must be more than 0"
+        );
+        ensure!(
+            !self.validation.budget.is_zero(),
+            "POSTHORN_VALIDATION_BUDGET (--validation-budget) must be more than 0"
+        );
+        ensure!(
+            self.validation.threads != Some(0),
+            "POSTHORN_VALIDATION_THREADS (--validation-threads) must be at least 1"
+        );
         Ok(())
     }
 
@@ -386,6 +589,9 @@ impl ServeConfig {
             connections: ConnectionConfig::default(),
             delivery: DeliveryConfig::default(),
             web: WebConfig::default(),
+            streams: StreamConfig::default(),
+            validation: ValidationConfig::default(),
+            fan_out: FanOutConfig::default(),
         }
     }
 }

@@ -56,6 +56,14 @@ pub enum ApiError {
     /// 431: the request line and headers do not fit the read buffer.
     #[error("the request line and headers are too large (the limit is about 64 KiB)")]
     HeadersTooLarge,
+    /// 422: checking data against an event type's schema took the whole validation
+    /// budget (POSTHORN_VALIDATION_BUDGET); nothing was stored. The message names it.
+    #[error("{0}")]
+    ValidationBudgetExceeded(String),
+    /// 422: a bound per org or per request would be passed (endpoints of an org,
+    /// deliveries of one publish); nothing was stored. The message names the setting.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// 415: the body is not declared as JSON.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
@@ -103,6 +111,9 @@ impl ApiError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::ValidationBudgetExceeded(_) | Self::LimitExceeded(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,6 +136,8 @@ impl ApiError {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::ValidationBudgetExceeded(_) => "validation_budget_exceeded",
+            Self::LimitExceeded(_) => "limit_exceeded",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable(_) | Self::TooManyConnections => "unavailable",
             Self::Internal(_) => "server_error",
@@ -138,6 +151,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => Self::NotFound,
             StoreError::Conflict(what) => Self::AlreadyExists(what),
             StoreError::Invalid { field, why } => Self::invalid(field, why),
+            StoreError::Limit(what) => Self::LimitExceeded(what),
             StoreError::Unavailable(e) => Self::Unavailable(e),
             StoreError::Other(e) => Self::Internal(e),
         }

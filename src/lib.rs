@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod fan_out;
 pub mod http;
 pub mod listen;
 pub mod publisher;

@@ -15,8 +15,9 @@ use crate::app::AppState;
 use crate::config::ServeConfig;
 use crate::crypto::{MasterKey, KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT};
 use crate::delivery::{Dispatcher, Engine};
+use crate::domain::schema::SchemaChecks;
 use crate::domain::OrgId;
-use crate::http::ratelimit::{FailedAuthLimiter, RateLimiter};
+use crate::http::ratelimit::{FailedAuthLimiter, PortalLimits, RateLimiter};
 use crate::publisher::Publisher;
 use crate::store::{Access, DynStore};
 use crate::telemetry::Metrics;
@@ -92,9 +93,28 @@ impl Server {
             false => (None, None),
         };
         let state = AppState {
-            publisher: Publisher::start(store.clone(), intake),
+            publisher: Publisher::start_bounded(
+                store.clone(),
+                intake,
+                config.fan_out.max_deliveries_per_request.into(),
+            ),
+            fan_out: crate::fan_out::FanOut::new(&config.fan_out),
+            streams: crate::http::streams::Streams::new(
+                config.streams.clone(),
+                config.connections.max_connections,
+                store.clone(),
+                metrics.clone(),
+            ),
+            schema_checks: SchemaChecks::new(
+                config
+                    .validation
+                    .threads
+                    .unwrap_or_else(SchemaChecks::default_threads),
+                config.validation.budget,
+            ),
             limiter: RateLimiter::new(config.rate_limit, config.rate_limit_burst).map(Arc::new),
             failed_auth: FailedAuthLimiter::new(config.failed_auth_limit).map(Arc::new),
+            portal_limits: Arc::new(PortalLimits::new(&config)),
             store: store.clone(),
             master_key,
             config: Arc::new(config),

@@ -3,6 +3,14 @@
 //! Policy: one log line per request (method, route template, status, `latency_ms`),
 //! never a query string, body, key or secret. Metrics live in a registry owned by the
 //! app state (no globals), rendered as Prometheus/OpenMetrics text at `/metrics`.
+//!
+//! Every label takes its value from a set the server bounds, never from what a client
+//! sends: a request's method is one of the standard nine or `other`, its route the
+//! template it matched (a fixed set) or `unmatched`, its status one the server
+//! answered; outcome, reason and state labels are constants. The one label with a
+//! value from the store, `posthorn_endpoint_flow`'s endpoint uid, counts endpoints an
+//! org created and this process holds back now, so it is bounded by the endpoints
+//! (and the series is removed when the endpoint is let go).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,15 +50,32 @@ pub fn init(format: LogFormat) {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
+    method: &'static str,
     route: String,
+}
+
+/// A request's method as a label: one of the standard methods, or `other` for any
+/// other token a client sends (it could be any length, and any number of them).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +108,7 @@ pub struct Metrics {
     queue_depth: Gauge,
     held_back: Family<ReasonLabels, Counter>,
     endpoint_flow: Family<EndpointFlowLabels, Gauge>,
+    live_polls: Counter,
 }
 
 impl Default for Metrics {
@@ -151,7 +177,15 @@ impl Metrics {
              (paused, circuit_open, paced)",
             endpoint_flow.clone(),
         );
+        let live_polls = Counter::default();
+        registry.register(
+            "posthorn_live_polls",
+            "Reads of a live delivery log's first page (one per org and filter followed, \
+             every 2 s, however many streams show it)",
+            live_polls.clone(),
+        );
         Self {
+            live_polls,
             held_back,
             endpoint_flow,
             registry,
@@ -207,6 +241,11 @@ impl Metrics {
         }
     }
 
+    /// Counts one read of a followed live log (see `http/streams.rs`).
+    pub fn live_poll(&self) {
+        self.live_polls.inc();
+    }
+
     pub fn add_in_flight(&self, n: i64) {
         self.in_flight.inc_by(n);
     }
@@ -226,7 +265,8 @@ impl Metrics {
 /// Middleware: records the metrics and the one log line of each request.
 pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
+    // A route template is one of the router's; a path no route matched is not a label.
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -237,7 +277,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     metrics
         .requests
         .get_or_create(&RequestLabels {
-            method: method.clone(),
+            method,
             route: route.clone(),
             status,
         })
@@ -245,7 +285,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     metrics
         .latency
         .get_or_create(&RouteLabels {
-            method: method.clone(),
+            method,
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());

@@ -184,7 +184,7 @@ pub async fn make(engine: &Engine, c: &Claimed) -> AttemptRecord {
         match engine.master_key.open_secret(&target.org_id, sealed) {
             Ok(secret) => keys.push(sign::key_bytes(&secret)),
             Err(e) => {
-                tracing::error!(delivery.id = %c.delivery, error = %e, "cannot open endpoint secret")
+                tracing::error!(delivery.row = c.delivery.0, error = %e, "cannot open endpoint secret")
             }
         }
     }
@@ -201,7 +201,7 @@ pub async fn make(engine: &Engine, c: &Claimed) -> AttemptRecord {
             "endpoint secret cannot be decrypted with this master key".into(),
         ),
         (false, Err(e)) => {
-            tracing::error!(delivery.id = %c.delivery, error = %e, "cannot open endpoint headers");
+            tracing::error!(delivery.row = c.delivery.0, error = %e, "cannot open endpoint headers");
             Sent::failed(
                 ErrorClass::Secret,
                 "endpoint headers cannot be decrypted with this master key".into(),

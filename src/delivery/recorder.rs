@@ -121,7 +121,7 @@ async fn write(store: &DynStore, batch: Vec<AttemptRecord>, policy: HealthPolicy
                         .record_attempts(Arc::from([record.clone()]), Timestamp::now(), policy)
                         .await
                     {
-                        tracing::error!(error = crate::error::chain(&e), %delivery, "cannot record an attempt; the delivery is made again when its lease ends");
+                        tracing::error!(error = crate::error::chain(&e), delivery.row = delivery.0, "cannot record an attempt; the delivery is made again when its lease ends");
                     }
                 }
                 return;

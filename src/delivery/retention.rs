@@ -1,6 +1,9 @@
 //! Retention: finished deliveries, their attempts and their events are deleted once
 //! they are older than `POSTHORN_RETENTION`, in small batches with pauses between, so
-//! the job never holds the store for long. Pending deliveries are never deleted.
+//! the job never holds the store for long. Pending deliveries are never deleted, and
+//! hold back nothing else: what goes is found by age (finished deliveries by when they
+//! finished), not by walking from the oldest rows, so one org's stuck backlog does not
+//! stop retention for the others.
 //! Expired and revoked web sessions go on the same schedule.
 
 use std::sync::Arc;

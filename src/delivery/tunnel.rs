@@ -5,7 +5,9 @@
 //! While its stream is open, an attempt to it is not dialled: the signed request is
 //! written to the stream, and the answer the CLI reports (`POST .../listen/{session}`)
 //! is the attempt's outcome, within the attempt timeout. Deliveries, attempts and
-//! retries are the ordinary ones, in the ordinary log.
+//! retries are the ordinary ones, in the ordinary log. A session ends with its stream
+//! (closed, its key revoked, its maximum life reached: `http/listen.rs`); attempts
+//! waiting on it then fail at once.
 //!
 //! The session lives in the process that holds the stream: on several PostgreSQL nodes,
 //! an attempt claimed by another node fails ("connected to another node") and is
@@ -92,8 +94,17 @@ impl Tunnels {
         rx
     }
 
+    /// Ends session `session`: attempts waiting for its answers fail at once ("the
+    /// listener went away") rather than at their timeout.
     pub fn close(&self, session: &str) {
-        self.lock().remove(session);
+        let Some(tunnel) = self.lock().remove(session) else {
+            return;
+        };
+        tunnel
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Tunnel>>> {

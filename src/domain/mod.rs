@@ -18,7 +18,7 @@ pub use api_key::{ApiKey, KeyHash, Role};
 pub use delivery::{DeliveryState, ErrorClass};
 pub use event_type::{EventName, EventTypeRef};
 pub use headers::CustomHeaders;
-pub use ids::{ClaimToken, DeliveryId, EndpointUid, EventId};
+pub use ids::{ClaimToken, DeliveryId, EndpointUid, EventId, PublicIds};
 pub use org::OrgId;
 pub use schema::EventSchema;
 pub use secret::Secret;

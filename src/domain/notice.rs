@@ -50,7 +50,8 @@ pub struct Subject<'a> {
 /// What a delivery that finally failed carried and how its last attempt ended.
 #[derive(Debug, Clone)]
 pub struct FailedDelivery<'a> {
-    pub delivery_id: i64,
+    /// Its public spelling (`dlv_...`, see `PublicIds`).
+    pub delivery_id: String,
     pub event_id: &'a str,
     pub event_name: &'a str,
     pub attempts: i64,
@@ -152,7 +153,7 @@ impl Notice {
         at: Timestamp,
     ) -> Self {
         let extra = json!({
-            "deliveryId": failed.delivery_id.to_string(),
+            "deliveryId": failed.delivery_id,
             "eventId": failed.event_id,
             "eventName": failed.event_name,
             "attempts": failed.attempts,

@@ -8,22 +8,55 @@
 //!   schema with every reference expanded has at most [`MAX_EXPANDED_NODES`] values
 //!   (a reference used twice counts twice); `$dynamicRef` and `$recursiveRef` are
 //!   refused;
+//! - every reference resolves against the document root, exactly as the validator
+//!   resolves it: the validator resolves `#/...` against the nearest enclosing `$id`,
+//!   so `$id` and `$schema` are refused anywhere below the root (and the root's
+//!   `$schema`, when given, must name draft 2020-12, whose rules the check follows),
+//!   and so are `$anchor`, `$dynamicAnchor` and `$recursiveAnchor` (anchor references
+//!   are refused anyway). The walk treats every object of the document as a possible
+//!   schema (also inside `const`, `enum`, `default`, `examples`), so it never sees less
+//!   than the validator does;
 //! - at most [`MAX_PATTERNS`] regular expressions (`pattern`, `patternProperties`),
 //!   run by the `regex` crate (linear time; no look-around or back-references), each
 //!   compiled within 64 KiB;
 //! - an example, when given, must match it.
+//!
+//! Within those bounds a check can still be long when `data` is large (a big array,
+//! each element checked against a big schema), so a check can be given a deadline
+//! ([`EventSchema::check_within`]): every subschema the validator enters first looks
+//! at the clock, and past the deadline the check stops and says so. Where checks run
+//! (off the async workers, a bounded share per org) is [`checks`]'.
 
+pub mod checks;
+
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Instant;
 
-use jsonschema::PatternOptions;
-use serde_json::Value;
+use jsonschema::{Draft, Keyword, PatternOptions, ValidationError};
+use serde_json::{Map, Value};
+
+pub use checks::SchemaChecks;
 
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 pub const MAX_EXPANDED_NODES: usize = 10_000;
 pub const MAX_PATTERNS: usize = 100;
 /// Longest message of one mismatch (jsonschema may quote the whole value).
 const MAX_MESSAGE: usize = 300;
+/// The keyword put into every subschema of the compiled copy: it looks at the clock.
+const CLOCK: &str = "x-posthorn-deadline";
+/// Subschemas entered between two looks at the clock.
+const CLOCK_EVERY: u32 = 64;
+
+/// Why a check within a deadline did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// `data` does not match: where and which rule.
+    Mismatch(String),
+    /// The deadline came before the check ended; nothing is known of the result.
+    OutOfTime,
+}
 
 /// A compiled schema with the JSON it was made from.
 pub struct EventSchema {
@@ -66,6 +99,11 @@ impl EventSchema {
                 short(&e.to_string())
             ));
         }
+        if Draft::Draft202012.detect(&source) != Draft::Draft202012 {
+            return Err(
+                "$schema must be https://json-schema.org/draft/2020-12/schema when given".into(),
+            );
+        }
         let mut walk = Walk {
             root: &source,
             memo: HashMap::new(),
@@ -73,13 +111,16 @@ impl EventSchema {
             patterns: 0,
         };
         walk.size(&source)?;
+        let mut clocked = source.clone();
+        with_clock(&mut clocked);
         let validator = jsonschema::draft202012::options()
             .with_pattern_options(
                 PatternOptions::regex()
                     .size_limit(64 * 1024)
                     .dfa_size_limit(256 * 1024),
             )
-            .build(&source)
+            .with_keyword(CLOCK, |_, _, _| Ok(Box::new(Clock)))
+            .build(&clocked)
             .map_err(|e| format!("cannot be compiled: {}", short(&e.to_string())))?;
         Ok(Self { source, validator })
     }
@@ -90,16 +131,139 @@ impl EventSchema {
 
     /// `Ok` when `data` matches; else the first mismatch, naming where in `data` it
     /// is and the rule (keyword path in the schema) it breaks.
+    /// No deadline: for what was already checked within one (the store's re-check).
     pub fn check(&self, data: &Value) -> Result<(), String> {
-        match self.validator.validate(data) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(format!(
-                "does not match the event type's schema: at {}: {} (schema rule {})",
-                pointer(&e.instance_path().to_string()),
-                short(&e.to_string()),
-                pointer(&e.schema_path().to_string())
-            )),
+        self.validator.validate(data).map_err(|e| mismatch(&e))
+    }
+
+    /// Like [`check`](Self::check), but stops soon after `deadline` (between two
+    /// subschemas) with [`CheckError::OutOfTime`]. Blocks: run it off the async workers.
+    pub fn check_within(&self, data: &Value, deadline: Instant) -> Result<(), CheckError> {
+        let _armed = Armed::new(deadline);
+        let result = self.validator.validate(data);
+        if DEADLINE_PASSED.get() {
+            return Err(CheckError::OutOfTime);
         }
+        result.map_err(|e| CheckError::Mismatch(mismatch(&e)))
+    }
+}
+
+fn mismatch(e: &ValidationError<'_>) -> String {
+    format!(
+        "does not match the event type's schema: at {}: {} (schema rule {})",
+        pointer(&e.instance_path().to_string()),
+        short(&e.to_string()),
+        pointer(&e.schema_path().to_string())
+    )
+}
+
+thread_local! {
+    /// The deadline of the check running on this thread, if it has one.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Whether the running check saw its deadline pass.
+    static DEADLINE_PASSED: Cell<bool> = const { Cell::new(false) };
+    /// Subschemas entered since the clock was last read.
+    static TICKS: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Sets this thread's deadline for one check; clears it when dropped (also on panic).
+struct Armed;
+
+impl Armed {
+    fn new(deadline: Instant) -> Self {
+        DEADLINE.set(Some(deadline));
+        DEADLINE_PASSED.set(false);
+        TICKS.set(0);
+        Self
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        DEADLINE.set(None);
+    }
+}
+
+/// Whether the running check may go on: false from its deadline on.
+fn in_time() -> bool {
+    let Some(deadline) = DEADLINE.get() else {
+        return true;
+    };
+    if DEADLINE_PASSED.get() {
+        return false;
+    }
+    let ticks = TICKS.get().wrapping_add(1);
+    TICKS.set(ticks);
+    if ticks.is_multiple_of(CLOCK_EVERY) && Instant::now() >= deadline {
+        DEADLINE_PASSED.set(true);
+        return false;
+    }
+    true
+}
+
+/// The [`CLOCK`] keyword: a subschema entered past the deadline fails at once, so the
+/// validator unwinds in about as many steps as it is deep.
+struct Clock;
+
+impl<'i> Keyword<'i> for Clock {
+    fn validate(&self, _: &'i Value) -> Result<(), ValidationError<'i>> {
+        if in_time() {
+            Ok(())
+        } else {
+            Err(ValidationError::custom("the check ran out of time"))
+        }
+    }
+
+    fn is_valid(&self, _: &'i Value) -> bool {
+        in_time()
+    }
+}
+
+/// Puts [`CLOCK`] into every subschema of `schema` the validator can enter: those of
+/// the applicators of draft 2020-12 and `$defs`, and the objects under keywords it
+/// does not know (a `$ref` may point there). The values of the keywords it knows and
+/// reads as data (`const`, `enum`, `dependentRequired`, ...) are left as they are.
+fn with_clock(schema: &mut Value) {
+    let Value::Object(map) = schema else {
+        return;
+    };
+    for (key, value) in map.iter_mut() {
+        match key.as_str() {
+            "additionalProperties"
+            | "contains"
+            | "contentSchema"
+            | "else"
+            | "if"
+            | "items"
+            | "not"
+            | "propertyNames"
+            | "then"
+            | "unevaluatedItems"
+            | "unevaluatedProperties" => with_clock(value),
+            "allOf" | "anyOf" | "oneOf" | "prefixItems" => {
+                if let Value::Array(items) = value {
+                    items.iter_mut().for_each(with_clock);
+                }
+            }
+            "$defs" | "definitions" | "dependentSchemas" | "patternProperties" | "properties" => {
+                if let Value::Object(members) = value {
+                    members.values_mut().for_each(with_clock);
+                }
+            }
+            key if Draft::Draft202012.is_known_keyword(key)
+                || matches!(key, "$vocabulary" | "$comment" | CLOCK) => {}
+            _ => clock_all(value),
+        }
+    }
+    map.insert(CLOCK.to_owned(), Value::Bool(true));
+}
+
+/// [`with_clock`] on every object in `value`.
+fn clock_all(value: &mut Value) {
+    match value {
+        Value::Object(_) => with_clock(value),
+        Value::Array(items) => items.iter_mut().for_each(clock_all),
+        _ => {}
     }
 }
 
@@ -131,11 +295,7 @@ impl<'a> Walk<'a> {
                 }
             }
             Value::Object(map) => {
-                for key in ["$dynamicRef", "$recursiveRef"] {
-                    if map.contains_key(key) {
-                        return Err(format!("may not use {key}"));
-                    }
-                }
+                self.keywords(map, std::ptr::eq(v, self.root))?;
                 if map.get("pattern").is_some_and(Value::is_string) {
                     self.patterns += 1;
                 }
@@ -160,6 +320,35 @@ impl<'a> Walk<'a> {
             ));
         }
         Ok(n)
+    }
+
+    /// Refuses what would make the validator resolve a reference other than against
+    /// the root, or resolve it dynamically. Only string values count: a name in
+    /// `properties` (or `$defs`, ...) always maps to a schema, never a string.
+    fn keywords(&self, map: &Map<String, Value>, root: bool) -> Result<(), String> {
+        let given = |key: &str| map.get(key).is_some_and(Value::is_string);
+        for key in ["$dynamicRef", "$recursiveRef"] {
+            if given(key) {
+                return Err(format!("may not use {key}"));
+            }
+        }
+        for key in ["$anchor", "$dynamicAnchor"] {
+            if given(key) {
+                return Err(format!(
+                    "may not use {key}: refer with #/... pointers from the root"
+                ));
+            }
+        }
+        if !root {
+            for key in ["$id", "$schema"] {
+                if given(key) {
+                    return Err(format!(
+                        "may use {key} only at its root: below it, {key} would make #/... references resolve elsewhere than the root"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn reference(&mut self, target: &str) -> Result<usize, String> {
@@ -227,9 +416,11 @@ fn pointer(p: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use serde_json::json;
 
-    use super::EventSchema;
+    use super::{CheckError, EventSchema};
 
     #[test]
     fn refuses_what_is_not_a_schema() {
@@ -273,6 +464,97 @@ mod tests {
         let schema = EventSchema::compile(shared).expect("valid");
         assert!(schema.check(&json!({"a": "x", "b": "y"})).is_ok());
         assert!(schema.check(&json!({"a": "X"})).is_err());
+    }
+
+    /// `a_k = allOf[$ref a_{k-1}, $ref a_{k-1}]` under `$id`: the validator resolves
+    /// `#/$defs/...` against that `$id`, where the chain doubles `depth` times, while
+    /// the root's `$defs` of the same names are small.
+    pub(crate) fn doubling_under_id(depth: usize) -> serde_json::Value {
+        let mut inner = serde_json::Map::new();
+        let mut decoys = serde_json::Map::new();
+        inner.insert("a0".into(), json!({"type": "string"}));
+        for i in 1..=depth {
+            let below = format!("#/$defs/a{}", i - 1);
+            inner.insert(
+                format!("a{i}"),
+                json!({"allOf": [{"$ref": below}, {"$ref": below}]}),
+            );
+            decoys.insert(format!("a{i}"), json!({}));
+        }
+        decoys.insert("a0".into(), json!({}));
+        decoys.insert(
+            "inner".into(),
+            json!({"$id": "https://posthorn.invalid/inner", "$defs": inner, "$ref": format!("#/$defs/a{depth}")}),
+        );
+        json!({"$defs": decoys, "properties": {"x": {"$ref": "#/$defs/inner"}}})
+    }
+
+    #[test]
+    fn refuses_what_would_resolve_elsewhere_than_the_root() {
+        let e = EventSchema::compile(doubling_under_id(28)).expect_err("refused");
+        assert!(e.contains("$id"), "{e}");
+        for below in [
+            json!({"$id": "x"}),
+            json!({"$schema": "https://json-schema.org/draft/2020-12/schema"}),
+            json!({"$anchor": "x"}),
+            json!({"$dynamicAnchor": "x"}),
+        ] {
+            let schema = json!({"properties": {"a": below}});
+            assert!(EventSchema::compile(schema.clone()).is_err(), "{schema}");
+            // Also where only a $ref would make it a schema.
+            let schema = json!({"const": {"a": below}, "$ref": "#/const/a"});
+            assert!(EventSchema::compile(schema.clone()).is_err(), "{schema}");
+        }
+        // The root may name itself and its draft, not another draft.
+        let root = json!({
+            "$id": "https://example.com/order",
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$defs": {"id": {"type": "string"}},
+            "properties": {"id": {"$ref": "#/$defs/id"}}
+        });
+        let schema = EventSchema::compile(root).expect("valid");
+        assert!(schema.check(&json!({"id": 5})).is_err());
+        let draft7 = json!({"$schema": "http://json-schema.org/draft-07/schema#"});
+        assert!(EventSchema::compile(draft7).is_err());
+        // Property names are names, whatever they look like.
+        let names = json!({"properties": {"$id": {"type": "string"}, "$anchor": {}}});
+        let schema = EventSchema::compile(names).expect("valid");
+        assert!(schema.check(&json!({"$id": 5})).is_err());
+    }
+
+    #[test]
+    fn a_check_stops_at_its_deadline() {
+        // 1,000 conditions for each of 20,000 items: long (about a second in a debug
+        // build), but within the bounds.
+        let conditions: Vec<_> = (0..1000)
+            .map(|i| json!({"if": {"const": i}, "then": {"type": "string"}}))
+            .collect();
+        let schema = EventSchema::compile(json!({
+            "properties": {"xs": {"items": {"allOf": conditions}}}
+        }))
+        .expect("valid");
+        let data = json!({"xs": vec![-1; 20_000]});
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(50);
+        assert_eq!(
+            schema.check_within(&data, deadline),
+            Err(CheckError::OutOfTime)
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+        // Without a deadline, or within it, the same schema answers as before.
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(schema.check_within(&json!({"xs": [-1, -2]}), far).is_ok());
+        assert!(matches!(
+            schema.check_within(&json!({"xs": [-1, 7]}), far),
+            Err(CheckError::Mismatch(e)) if e.contains("/xs/1")
+        ));
+        assert!(schema.check(&json!({"xs": [7]})).is_err());
+        // The keyword that looks at the clock is not part of the schema shown.
+        assert!(!schema.source().to_string().contains("deadline"));
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! Basic with the key as the user and no password (`curl -u KEY:`), or
 //! `Bearer <key>`. The key is hashed and looked up on every request, so a revoked key
 //! answers 401 at once. Failed authentications are counted per client address
-//! (`ratelimit::FailedAuthLimiter`): past the limit they answer 429. Roles are checked by the handler's extractor type, so a
-//! handler's signature says who may call it.
+//! (`ratelimit::FailedAuthLimiter`): once an address is past its limit, every request
+//! from it answers 429, whatever key it carries, until it has earned a try back, so a
+//! right guess cannot be told from a wrong one. Roles are checked by the handler's
+//! extractor type, so a handler's signature says who may call it.
 
 use std::marker::PhantomData;
 
@@ -103,6 +105,10 @@ impl<P: Policy> FromRequestParts<AppState> for Authorized<P> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let addr = super::conn::client_addr(parts).map(|a| a.ip());
+        if let (Some(limiter), Some(addr)) = (&state.failed_auth, addr) {
+            limiter.admit(addr)?;
+        }
         let record = match presented_key(parts) {
             Some(key) => {
                 let hash = key.hash();
@@ -115,12 +121,10 @@ impl<P: Policy> FromRequestParts<AppState> for Authorized<P> {
             None => None,
         };
         let Some(record) = record else {
-            return Err(
-                match (&state.failed_auth, super::conn::client_addr(parts)) {
-                    (Some(limiter), Some(addr)) => limiter.failed(addr.ip()),
-                    _ => ApiError::Unauthorized,
-                },
-            );
+            return Err(match (&state.failed_auth, addr) {
+                (Some(limiter), Some(addr)) => limiter.failed(addr),
+                _ => ApiError::Unauthorized,
+            });
         };
         if let Some(limiter) = &state.limiter {
             limiter.check(&state.store, &record.id).await?;

@@ -1,7 +1,12 @@
 //! The event catalog: Fullstory's List Event Types and List Event Subcategories, and
 //! posthorn's admin operations to add types and mint subcategories.
+//!
+//! A type's schema is compiled, and its example checked against it, off the async
+//! workers within the validation budget (`domain/schema/checks.rs`): 422
+//! `validation_budget_exceeded` past it, and nothing is saved.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::Json;
@@ -19,6 +24,8 @@ use super::ErrorBody;
 use crate::app::AppState;
 use crate::domain::event_type::TEST_EVENT;
 use crate::domain::notice::is_operational;
+use crate::domain::schema::checks::Stopped;
+use crate::domain::schema::CheckError;
 use crate::domain::{EventName, EventSchema, EventTypeRef, OrgId, Timestamp};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{EventTypeRecord, SubcategoryRecord};
@@ -224,7 +231,7 @@ pub async fn list_event_types(
 /// Add an event type to the org's catalog (posthorn).
 #[utoipa::path(post, path = "/event-types", tag = "event types",
     request_body = CreateEventTypeBody,
-    responses((status = 200, body = EventDef), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = EventDef), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn create_event_type(
     State(state): State<AppState>,
@@ -251,11 +258,19 @@ pub async fn create_event_type(
             ),
         ));
     }
-    let schema = body.schema.map(compile_schema).transpose()?;
-    let example = body
-        .example
-        .map(|e| checked_example(e, schema.as_deref()))
-        .transpose()?;
+    let (schema, example) = match (body.schema, body.example) {
+        (None, example) => (None, example.map(no_schema_example).transpose()?),
+        (Some(schema), example) => {
+            off_workers(&state, caller.org(), move |deadline, budget| {
+                let schema = compile_schema(schema)?;
+                let example = example
+                    .map(|e| checked_example(e, Some(&schema), deadline, budget))
+                    .transpose()?;
+                Ok((Some(schema), example))
+            })
+            .await?
+        }
+    };
     let mut record = EventTypeRecord::new(
         name.as_str().to_owned(),
         display_name(body.display_name)?.unwrap_or_else(|| name.as_str().to_owned()),
@@ -276,8 +291,14 @@ pub(super) fn compile_schema(source: Value) -> ApiResult<Arc<EventSchema>> {
         .map_err(|e| ApiError::invalid("schema", e))
 }
 
-/// An example `data`: an object, matching `schema` when there is one.
-pub(super) fn checked_example(example: Value, schema: Option<&EventSchema>) -> ApiResult<Value> {
+/// An example `data`: an object, matching `schema` when there is one, checked by
+/// `deadline` (run it off the async workers: [`off_workers`]).
+pub(super) fn checked_example(
+    example: Value,
+    schema: Option<&EventSchema>,
+    deadline: Instant,
+    budget: Duration,
+) -> ApiResult<Value> {
     if !example.is_object() {
         return Err(ApiError::invalid(
             "example",
@@ -285,11 +306,58 @@ pub(super) fn checked_example(example: Value, schema: Option<&EventSchema>) -> A
         ));
     }
     if let Some(schema) = schema {
-        schema
-            .check(&example)
-            .map_err(|e| ApiError::invalid("example", e))?;
+        match schema.check_within(&example, deadline) {
+            Ok(()) => {}
+            Err(CheckError::Mismatch(why)) => return Err(ApiError::invalid("example", why)),
+            Err(CheckError::OutOfTime) => return Err(example_spent(budget)),
+        }
     }
     Ok(example)
+}
+
+fn example_spent(budget: Duration) -> ApiError {
+    ApiError::ValidationBudgetExceeded(format!(
+        "example could not be checked against the schema within the validation budget ({}, POSTHORN_VALIDATION_BUDGET); nothing was saved",
+        humantime::format_duration(budget)
+    ))
+}
+
+/// Runs `job` (compiling a schema, checking an example against it) for `org` off the
+/// async workers, within the validation budget (`domain/schema/checks.rs`); `job`
+/// gets its deadline and the budget.
+pub(super) async fn off_workers<T: Send + 'static>(
+    state: &AppState,
+    org: &OrgId,
+    job: impl FnOnce(Instant, Duration) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let budget = state.schema_checks.budget();
+    state
+        .schema_checks
+        .run(org, move |deadline| job(deadline, budget))
+        .await
+        .unwrap_or_else(|e| Err(stopped(e, || example_spent(budget))))
+}
+
+/// The answer to a schema check that did not give its own: `spent` when it ran out
+/// of time.
+pub(super) fn stopped(why: Stopped, spent: impl FnOnce() -> ApiError) -> ApiError {
+    match why {
+        Stopped::OutOfTime => spent(),
+        // The org's own checks hold its share: it sends more than it may at once.
+        Stopped::OrgBusy => ApiError::TooManyRequests {
+            retry_after_secs: 1,
+        },
+        Stopped::Busy => ApiError::Unavailable(anyhow::anyhow!(
+            "schema checks had no room within the validation budget (POSTHORN_VALIDATION_THREADS)"
+        )),
+        Stopped::Panicked => ApiError::Internal(anyhow::anyhow!("a schema check panicked")),
+    }
+}
+
+/// An example for a type without a schema: an object (checked on the async worker,
+/// since nothing is run against it).
+pub(super) fn no_schema_example(example: Value) -> ApiResult<Value> {
+    checked_example(example, None, Instant::now(), Duration::ZERO)
 }
 
 /// The event type `name` of `org`, or 404.
@@ -316,7 +384,8 @@ pub async fn list_subcategories(
     PathParam(event_name): PathParam,
     QueryParams(params): QueryParams<PageParams>,
 ) -> ApiResult<Json<SubcategoryDefList>> {
-    let (after, limit) = params.resolve("s", MAX_SUBCATEGORY_PAGE)?;
+    let ids = state.store.public_ids();
+    let (after, limit) = params.resolve(ids, "s", MAX_SUBCATEGORY_PAGE)?;
     event_type(&state, caller.org(), &event_name).await?;
     let page = state
         .store
@@ -324,7 +393,7 @@ pub async fn list_subcategories(
         .await?;
     Ok(Json(SubcategoryDefList {
         subcategory_defs: page.items.into_iter().map(SubcategoryDef::from).collect(),
-        next_pagination_token: page.next_after.map(|seq| pagination::encode("s", seq)),
+        next_pagination_token: page.next_after.map(|seq| pagination::encode(ids, "s", seq)),
     }))
 }
 

@@ -1,8 +1,15 @@
 //! Serving connections: the accept loop, with the limits a hostile or broken client
 //! meets before any handler runs.
 //!
-//! - At most `max_connections` connections are served at once; one more is answered
-//!   `503` with `Retry-After` and closed, so the listener never stops accepting.
+//! - At most `max_connections` connections are served at once, and at most
+//!   `max_connections_per_client` from one client address (IPv6: one /64). A new
+//!   connection over either cap takes the slot of a connection that is only waiting
+//!   (idle, or its headers still arriving) for at least `SETTLE`: the one of its own
+//!   client that has waited longest, or over the global cap the one of the client
+//!   holding the most (`conn_limits.rs`). If there is none (each is in the middle
+//!   of a request or only just opened) it is answered `503` with `Retry-After` and
+//!   closed, so the listener never stops accepting and idle or half-sent connections
+//!   keep a normal request out for a second at most.
 //! - A request's headers must arrive within `header_timeout`, counted from the moment
 //!   the connection is ready for a request: right after it opens, and after each
 //!   response (so it is the keep-alive idle timeout too). A client that sends nothing,
@@ -15,9 +22,8 @@
 //! - On shutdown, connections with no request in progress are closed at once; those in
 //!   the middle of one get the grace period.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -27,16 +33,20 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::conn_limits::{InRequest, Slot, Slots};
 use super::rejections::Answering;
 use crate::config::ConnectionConfig;
 use crate::error::ApiError;
 
 /// Largest read buffer of one connection (and so of a request's line and headers).
 const READ_BUFFER: usize = 64 * 1024;
+
+/// How long a connection has been waiting (idle, or its headers arriving) before its
+/// slot may go to a new connection: a client's headers follow its connect at once.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// How long a request's body may take to arrive, for the extractors that read it.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +61,11 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
-    let slots = Arc::new(Semaphore::new(max));
+    let slots = Slots::new(
+        limits.max_connections,
+        limits.max_connections_per_client,
+        SETTLE.min(limits.header_timeout / 2),
+    );
     // HTTP/1.1 only (TLS and HTTP/2 are a reverse proxy's job): a protocol sniff would
     // wait for the client's first bytes outside the header timeout.
     let mut builder = http1::Builder::new();
@@ -73,7 +86,7 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.admit(remote.ip()) else {
             tokio::spawn(refuse(stream));
             continue;
         };
@@ -81,21 +94,13 @@ pub async fn serve(
         let conn = Connection {
             router: router.clone(),
             remote,
-            busy: Arc::new(AtomicUsize::new(0)),
+            slot,
         };
         let (builder, stop) = (builder.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            conn.serve(&builder, stream, stop, grace).await;
-            drop(slot);
-        });
+        tokio::spawn(async move { conn.serve(&builder, stream, stop, grace).await });
     }
     drop(listener);
-    // Every connection holds a slot until it is gone.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if !slots.all_closed(grace).await {
         tracing::warn!(
             grace_secs = grace.as_secs(),
             "requests still in flight at the end of the grace period"
@@ -107,8 +112,8 @@ pub async fn serve(
 struct Connection {
     router: Router,
     remote: SocketAddr,
-    /// Requests whose headers have arrived and whose answer is not made yet.
-    busy: Arc<AtomicUsize>,
+    /// Its slot (and what the slot table knows of its requests), given back on drop.
+    slot: Slot,
 }
 
 impl Connection {
@@ -122,21 +127,21 @@ impl Connection {
         let Self {
             router,
             remote,
-            busy,
+            slot,
         } = self;
-        let counting = busy.clone();
+        let held = slot.held.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(remote));
-            let (router, busy) = (router.clone(), counting.clone());
-            busy.fetch_add(1, Ordering::SeqCst);
+            let request = InRequest::start(&held);
+            let router = router.clone();
             async move {
-                let answer = router.oneshot(req).await;
-                busy.fetch_sub(1, Ordering::SeqCst);
-                answer
+                let Ok(answer) = router.oneshot(req).await;
+                Ok::<_, Infallible>(request.answered(answer))
             }
         });
         let mut conn =
             std::pin::pin!(builder.serve_connection(TokioIo::new(Answering::new(stream)), service));
+        let held = &slot.held;
         tokio::select! {
             ended = conn.as_mut() => {
                 // Errors here are the client's (reset, timed out, malformed).
@@ -145,12 +150,24 @@ impl Connection {
                 }
                 return;
             }
+            _ = held.evicted() => {
+                // Its slot went to a new connection while it was only waiting. Should a
+                // request have started since, it is answered first.
+                if !held.in_request() {
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = stop.cancelled() => {}
+                }
+            }
             _ = stop.cancelled() => {}
         }
         // Shutting down: a connection with no request in progress (idle, or its headers
         // still arriving) is closed now; one in the middle of a request gets the grace
         // period to answer it.
-        if busy.load(Ordering::SeqCst) == 0 {
+        if !held.answering() {
             return;
         }
         conn.as_mut().graceful_shutdown();

@@ -15,7 +15,9 @@ use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination;
 use super::ErrorBody;
 use crate::app::AppState;
-use crate::domain::{DeliveryId, DeliveryState, EndpointId, ErrorClass, EventId, Timestamp};
+use crate::domain::{
+    DeliveryId, DeliveryState, EndpointId, ErrorClass, EventId, PublicIds, Timestamp,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{AttemptView, DeliveryFilter, DeliveryRecord};
 
@@ -57,10 +59,11 @@ pub struct Delivery {
     pub updated: Timestamp,
 }
 
-impl From<DeliveryRecord> for Delivery {
-    fn from(d: DeliveryRecord) -> Self {
+impl Delivery {
+    /// The view of `d`, its id spelled with `ids`.
+    pub fn view(d: DeliveryRecord, ids: &PublicIds) -> Self {
         Self {
-            id: d.id.to_string(),
+            id: ids.delivery(d.id),
             event_id: d.event_id.into_string(),
             event_name: d.event_name,
             endpoint_id: EndpointId::for_url(&d.endpoint_url).as_str().to_owned(),
@@ -203,8 +206,12 @@ fn time_range(
     Ok((since, until))
 }
 
-fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
-    DeliveryId::parse(raw).ok_or(ApiError::NotFound)
+fn delivery_id(state: &AppState, raw: &str) -> ApiResult<DeliveryId> {
+    state
+        .store
+        .public_ids()
+        .parse_delivery(raw)
+        .ok_or(ApiError::NotFound)
 }
 
 /// An event, its payload and the state of its delivery to each endpoint
@@ -228,7 +235,10 @@ pub async fn get_event(
         subcategory: event.subcategory,
         data: body.get_mut("data").map(Value::take).unwrap_or_default(),
         created: event.created,
-        deliveries: deliveries.into_iter().map(Delivery::from).collect(),
+        deliveries: deliveries
+            .into_iter()
+            .map(|d| Delivery::view(d, state.store.public_ids()))
+            .collect(),
     }))
 }
 
@@ -247,7 +257,8 @@ pub async fn list_deliveries(
         limit: q.limit,
         pagination_token: q.pagination_token,
     };
-    let (before, limit) = page.resolve("d", MAX_PAGE)?;
+    let ids = state.store.public_ids();
+    let (before, limit) = page.resolve(ids, "d", MAX_PAGE)?;
     let before = before.map(DeliveryId);
     let state_filter = match q.state.filter(|s| !s.is_empty()) {
         Some(s) => Some(
@@ -270,8 +281,12 @@ pub async fn list_deliveries(
         .list_deliveries(caller.org(), endpoint.uid, &filter)
         .await?;
     Ok(Json(DeliveryList {
-        deliveries: page.items.into_iter().map(Delivery::from).collect(),
-        next_pagination_token: page.next_after.map(|id| pagination::encode("d", id)),
+        deliveries: page
+            .items
+            .into_iter()
+            .map(|d| Delivery::view(d, ids))
+            .collect(),
+        next_pagination_token: page.next_after.map(|id| pagination::encode(ids, "d", id)),
     }))
 }
 
@@ -285,13 +300,11 @@ pub async fn get_delivery(
     caller: Authorized<AdminOnly>,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Delivery>> {
-    Ok(Json(
-        state
-            .store
-            .get_delivery(caller.org(), delivery_id(&id)?)
-            .await?
-            .into(),
-    ))
+    let d = state
+        .store
+        .get_delivery(caller.org(), delivery_id(&state, &id)?)
+        .await?;
+    Ok(Json(Delivery::view(d, state.store.public_ids())))
 }
 
 /// Every attempt of a delivery, oldest first
@@ -304,7 +317,7 @@ pub async fn list_attempts(
     caller: Authorized<AdminOnly>,
     PathParam(id): PathParam,
 ) -> ApiResult<Json<AttemptList>> {
-    let id = delivery_id(&id)?;
+    let id = delivery_id(&state, &id)?;
     state.store.get_delivery(caller.org(), id).await?;
     let attempts = state.store.list_attempts(caller.org(), id).await?;
     Ok(Json(AttemptList {
@@ -323,12 +336,15 @@ pub async fn retry_delivery(
     caller: Authorized<AdminOnly>,
     PathParam(id): PathParam,
 ) -> ApiResult<(StatusCode, Json<Delivery>)> {
-    let id = delivery_id(&id)?;
+    let id = delivery_id(&state, &id)?;
     let delivery = state
         .store
         .retry_delivery(caller.org(), id, Timestamp::now())
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(delivery.into())))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Delivery::view(delivery, state.store.public_ids())),
+    ))
 }
 
 /// Queue again every failed delivery of an endpoint published since a time (and

@@ -315,6 +315,6 @@ pub async fn endpoint_stats(
         windows,
         last_success: endpoint.last_success,
         last_failure: endpoint.last_failure,
-        flow: super::flow::FlowView::of(&endpoint).flow,
+        flow: super::flow::FlowView::of(&endpoint, state.store.public_ids()).flow,
     }))
 }

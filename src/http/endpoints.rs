@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -15,7 +16,6 @@ use super::input::{JsonBody, PathParam, QueryParams};
 use super::pagination::{self, PageParams};
 use super::{Empty, ErrorBody};
 use crate::app::AppState;
-use crate::crypto::MasterKey;
 use crate::domain::{
     CustomHeaders, EndpointId, EndpointUrl, EventTypeRef, OrgId, Secret, Timestamp,
 };
@@ -64,15 +64,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The view of `r`, its custom headers opened with `key` and masked.
-    pub fn view(r: EndpointRecord, key: &MasterKey) -> Self {
+    /// The view of `r`, its custom headers opened with the master key and masked.
+    pub fn view(r: EndpointRecord, state: &AppState) -> Self {
         let headers = r.sealed_headers.as_ref().and_then(|sealed| {
-            key.open_headers(&r.org_id, sealed)
+            state
+                .master_key
+                .open_headers(&r.org_id, sealed)
                 .inspect_err(|e| tracing::error!(error = %e, "cannot open endpoint headers"))
                 .ok()
         });
         Self {
-            flow: FlowView::of(&r),
+            flow: FlowView::of(&r, state.store.public_ids()),
             id: EndpointId::for_url(&r.url).as_str().to_owned(),
             created: r.created,
             modified: r.modified,
@@ -123,7 +125,9 @@ pub struct UpdateEndpointBody {
     pub secret: Option<String>,
     pub disabled: Option<bool>,
     /// Replaces the custom headers; absent leaves them, `{}` removes them. A value sent
-    /// as `********` keeps the stored value of that header.
+    /// as `********` keeps the stored value of that header. When `url` changes, absent
+    /// removes them (the answer has a `Warning` header saying so) and `********` is
+    /// refused: headers follow a new URL only when given again.
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(flatten)]
     pub flow: FlowInput,
@@ -171,7 +175,7 @@ fn url_of(id: &str) -> ApiResult<String> {
 /// Create Endpoint
 #[utoipa::path(post, path = "/endpoints", tag = "endpoints",
     request_body = CreateEndpointBody,
-    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn create_endpoint(
     State(state): State<AppState>,
@@ -189,20 +193,20 @@ pub async fn create_endpoint(
     };
     let headers = parse_headers(body.headers.unwrap_or_default())?;
     let flow = body.flow.create()?;
-    let record = state
-        .store
-        .create_endpoint(&NewEndpoint {
-            org_id: org.clone(),
-            url: url.as_str().to_owned(),
-            event_types,
-            sealed_secret: state.master_key.seal_secret(org, &secret),
-            sealed_headers: seal_headers(&state, org, &headers),
-            flow,
-            enabled: body.disabled != Some(true),
-            now: Timestamp::now(),
-        })
-        .await?;
-    let mut view = Endpoint::view(record, &state.master_key);
+    let new = NewEndpoint {
+        org_id: org.clone(),
+        url: url.as_str().to_owned(),
+        event_types,
+        sealed_secret: state.master_key.seal_secret(org, &secret),
+        sealed_headers: seal_headers(&state, org, &headers),
+        flow,
+        enabled: body.disabled != Some(true),
+        now: Timestamp::now(),
+    };
+    // At most POSTHORN_MAX_ENDPOINTS_PER_ORG live ones (fan_out.rs), else 422.
+    let most = state.config.fan_out.max_endpoints_per_org;
+    let record = state.store.create_endpoint_within(&new, most).await?;
+    let mut view = Endpoint::view(record, &state);
     view.secret = minted.then(|| secret.expose().to_owned());
     Ok(Json(view))
 }
@@ -216,7 +220,8 @@ pub async fn list_endpoints(
     caller: Authorized<AdminOnly>,
     QueryParams(params): QueryParams<PageParams>,
 ) -> ApiResult<Json<EndpointList>> {
-    let (after, limit) = params.resolve("e", MAX_PAGE)?;
+    let ids = state.store.public_ids();
+    let (after, limit) = params.resolve(ids, "e", MAX_PAGE)?;
     let page = state
         .store
         .list_endpoints(caller.org(), after, limit)
@@ -225,9 +230,9 @@ pub async fn list_endpoints(
         endpoints: page
             .items
             .into_iter()
-            .map(|r| Endpoint::view(r, &state.master_key))
+            .map(|r| Endpoint::view(r, &state))
             .collect(),
-        next_pagination_token: page.next_after.map(|seq| pagination::encode("e", seq)),
+        next_pagination_token: page.next_after.map(|seq| pagination::encode(ids, "e", seq)),
     }))
 }
 
@@ -246,14 +251,16 @@ pub async fn get_endpoint(
     PathParam(id): PathParam,
 ) -> ApiResult<Json<Endpoint>> {
     let record = load(&state, caller.org(), &id).await?;
-    Ok(Json(Endpoint::view(record, &state.master_key)))
+    Ok(Json(Endpoint::view(record, &state)))
 }
 
 /// Update Endpoint (POST, as Fullstory does)
 #[utoipa::path(post, path = "/endpoints/{id}", tag = "endpoints",
     params(("id" = String, Path, description = "Endpoint id")),
     request_body = UpdateEndpointBody,
-    responses((status = 200, body = Endpoint), (status = 400, body = ErrorBody),
+    responses((status = 200, body = Endpoint, headers(("Warning" = String,
+            description = "Present when the URL changed and the custom headers were removed with it"))),
+        (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn update_endpoint(
@@ -261,13 +268,16 @@ pub async fn update_endpoint(
     caller: Authorized<AdminOnly>,
     PathParam(id): PathParam,
     JsonBody(body): JsonBody<UpdateEndpointBody>,
-) -> ApiResult<Json<Endpoint>> {
+) -> ApiResult<Updated> {
     let org = caller.org();
     let current_url = url_of(&id)?;
     let url = match non_empty(body.url) {
         Some(raw) => Some(checked_url(&state, &raw).await?.as_str().to_owned()),
         None => None,
     };
+    // Custom headers often carry a receiver's credentials: they never follow the
+    // endpoint to a new URL unless this request gives them again.
+    let moves = url.as_deref().is_some_and(|u| u != current_url);
     let event_types = match body.event_types.filter(|v| !v.is_empty()) {
         Some(refs) => Some(validate_subscriptions(&state, org, refs).await?),
         None => None,
@@ -279,10 +289,18 @@ pub async fn update_endpoint(
     // The flow fields are checked against what is stored (a burst needs a limit).
     let current = load(&state, org, &id).await?;
     let flow = body.flow.patch(current.flow)?;
+    let dropped = moves && body.headers.is_none() && current.sealed_headers.is_some();
     let sealed_headers = match body.headers {
+        None if dropped => Some(None),
         None => None,
         Some(given) => {
             let mut headers = parse_headers(given)?;
+            if moves && headers.has_masked() {
+                return Err(ApiError::invalid(
+                    "headers",
+                    "cannot keep a masked value (********) while the URL changes: give each value again",
+                ));
+            }
             // A masked value sent back keeps what is stored. (Read before the update:
             // a concurrent Update of the same header in between is overwritten.)
             if headers.has_masked() {
@@ -313,7 +331,34 @@ pub async fn update_endpoint(
         .store
         .update_endpoint(org, &current_url, &patch)
         .await?;
-    Ok(Json(Endpoint::view(record, &state.master_key)))
+    Ok(Updated {
+        endpoint: Endpoint::view(record, &state),
+        headers_dropped: dropped,
+    })
+}
+
+/// Update's answer: the endpoint, and a `Warning` header when its custom headers were
+/// removed because its URL changed.
+pub struct Updated {
+    pub endpoint: Endpoint,
+    pub headers_dropped: bool,
+}
+
+/// What the `Warning` header of Update says when custom headers were removed.
+pub const HEADERS_DROPPED: &str =
+    "299 posthorn \"the URL changed, so the custom headers were removed; send them again to keep them\"";
+
+impl IntoResponse for Updated {
+    fn into_response(self) -> Response {
+        let mut response = Json(self.endpoint).into_response();
+        if self.headers_dropped {
+            response.headers_mut().insert(
+                axum::http::header::WARNING,
+                axum::http::HeaderValue::from_static(HEADERS_DROPPED),
+            );
+        }
+        response
+    }
 }
 
 /// Delete Endpoint

@@ -114,13 +114,13 @@ pub struct FlowState {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub failing_since: Option<crate::domain::Timestamp>,
-    /// FIFO: the delivery out now (`d-...` id, as in the delivery log).
+    /// FIFO: the delivery out now (its `dlv_...` id, as in the delivery log).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fifo_head: Option<String>,
 }
 
 impl FlowView {
-    pub fn of(r: &EndpointRecord) -> Self {
+    pub fn of(r: &EndpointRecord, ids: &crate::domain::PublicIds) -> Self {
         let s = &r.standing;
         let now = crate::domain::Timestamp::now();
         let paused_until = s.paused_until.filter(|u| *u > now);
@@ -128,7 +128,7 @@ impl FlowView {
             queued: s.queued,
             paused_until,
             failing_since: s.failing_since,
-            fifo_head: s.fifo_head.filter(|_| r.flow.fifo).map(|d| d.to_string()),
+            fifo_head: s.fifo_head.filter(|_| r.flow.fifo).map(|d| ids.delivery(d)),
         };
         let any = state.queued > 0
             || state.paused_until.is_some()

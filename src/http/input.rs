@@ -2,15 +2,23 @@
 //!
 //! Policy: every field and query parameter is accepted in lowerCamelCase and in
 //! snake_case; both forms of one field in one request is a 400. Unknown fields are
-//! ignored. Opaque user payloads (`data`) are passed through untouched. A body that is
-//! empty counts as `{}`. Every failure is a 4xx in the `{message, code}` form.
+//! ignored. Opaque user payloads (`data`) are passed through untouched: numbers keep
+//! their digits (serde_json's arbitrary precision), so a 30-digit integer is delivered
+//! as published, never rounded to a float. An object that names one key twice, anywhere
+//! in a body, is a 400 naming where (a parser would otherwise keep the last one
+//! silently, and receivers disagree on which one counts). A body that is empty counts
+//! as `{}`. Every failure is a 4xx in the `{message, code}` form.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{DeserializeOwned, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::conn::BodyTimeout;
@@ -134,9 +142,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
         let value = if bytes.iter().all(u8::is_ascii_whitespace) {
             Value::Object(Map::new())
         } else {
-            serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+            let value = serde_json::from_slice::<Value>(&bytes).map_err(|e| {
                 ApiError::InvalidJson(format!("request body is not valid JSON: {e}"))
-            })?
+            })?;
+            unique_keys(&bytes)?;
+            value
         };
         if !value.is_object() {
             return Err(ApiError::InvalidJson(
@@ -144,6 +154,79 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             ));
         }
         from_value(normalize(value)?).map(JsonBody)
+    }
+}
+
+/// Refuses JSON text in which an object names one key twice (`bytes` is known to be
+/// valid JSON); the error names the object's place.
+pub fn unique_keys(bytes: &[u8]) -> Result<(), ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize::<_, UniqueKeys>(&mut de)
+        .map(|_| ())
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path.is_empty() || path == "." {
+                ApiError::InvalidJson(inner)
+            } else {
+                ApiError::InvalidJson(format!("{path}: {inner}"))
+            }
+        })
+}
+
+/// A JSON value whose objects were checked for repeated keys, and otherwise ignored.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    // (With arbitrary precision a number also arrives here, as a one-key map.)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(A::Error::custom(format!(
+                    "key {key:?} is given twice in one object; give it once"
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+            seen.insert(key);
+        }
+        Ok(self)
     }
 }
 
@@ -215,6 +298,28 @@ mod tests {
         assert_eq!(
             v,
             json!({"eventTypes": [{"eventName": "a"}], "data": {"a_b": 1}})
+        );
+    }
+
+    #[test]
+    fn refuses_a_key_given_twice_and_names_where() {
+        assert!(unique_keys(br#"{"a": 1, "data": {"b": [1, {"c": 2}], "d": 3}}"#).is_ok());
+        assert!(unique_keys(br#"{"n": 123456789012345678901234567890}"#).is_ok());
+        let e = unique_keys(br#"{"data": {"x": {"a": 1, "a": 2}}}"#).expect_err("twice");
+        let text = e.to_string();
+        assert!(text.contains("data.x") && text.contains("\"a\""), "{text}");
+        assert!(unique_keys(br#"{"a": 1, "a": 1}"#).is_err());
+        assert!(unique_keys(br#"[{"a": [{"b": 1, "b": 1}]}]"#).is_err());
+    }
+
+    #[test]
+    fn big_numbers_keep_their_digits() {
+        let v: Value = serde_json::from_str(r#"{"n": 123456789012345678901234567890, "f": 1.50}"#)
+            .expect("json");
+        let v = normalize(v).expect("ok");
+        assert_eq!(
+            serde_json::to_string(&v).expect("text"),
+            r#"{"n":123456789012345678901234567890,"f":1.50}"#
         );
     }
 

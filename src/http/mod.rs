@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod conn;
+mod conn_limits;
 pub mod deliveries;
 pub mod endpoint_ops;
 pub mod endpoints;
@@ -19,6 +20,7 @@ pub mod portal;
 pub mod ratelimit;
 pub mod rejections;
 pub mod schemas;
+pub mod streams;
 
 use std::sync::Arc;
 

@@ -77,6 +77,7 @@ const ERRORS: &[(u16, &str, &[&str])] = &[
     (413, "The body, or one event in it, is larger than the configured limit.", &["payload_too_large"]),
     (414, "The request target is too long.", &["uri_too_long"]),
     (415, "The body is not declared as `application/json`.", &["unsupported_media_type"]),
+    (422, "Checking `data` (or an example) against the event type's schema took the whole validation budget (`POSTHORN_VALIDATION_BUDGET`), or a bound per org or per request would be passed (`POSTHORN_MAX_ENDPOINTS_PER_ORG`, `POSTHORN_MAX_DELIVERIES_PER_REQUEST`); nothing was stored.", &["validation_budget_exceeded", "limit_exceeded"]),
     (429, "Too many requests with this key, or too many failed authentications from this address; try again after `Retry-After`.", &["too_many_requests"]),
     (431, "The request line and headers are too large.", &["headers_too_large"]),
     (500, "Something went wrong on the server; nothing was acknowledged.", &["server_error"]),

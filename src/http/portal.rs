@@ -3,7 +3,10 @@
 //! Policy: the answer's `url` carries a grant token in its fragment (never sent to a
 //! server by a browser, never in a log); the portal page trades it for a short cookie
 //! session (see `web/session.rs`). The grant acts as the key that minted it: revoking
-//! that key, or the grant, ends every portal session made from it.
+//! that key, or the grant, ends every portal session made from it. What the portal
+//! does is never counted against that key: its sessions and each link have budgets of
+//! their own, trading a link is throttled per link and per client address, and a link
+//! keeps at most `POSTHORN_PORTAL_SESSIONS_PER_LINK` live sessions (the oldest ends).
 
 use axum::extract::State;
 use axum::Json;

@@ -6,7 +6,12 @@
 //! or display name alone does not. A type's example must match its schema, so a schema
 //! change that its current example does not match is refused unless the same request
 //! gives a new example (or removes it). Publishing checks `data` against the schema of
-//! the current version (see `http/events.rs`).
+//! the current version (see `http/events.rs`). Compiling a schema and checking an
+//! example against one run off the async workers within the validation budget (422
+//! `validation_budget_exceeded` past it, and nothing is saved).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::Json;
@@ -16,7 +21,9 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{AdminOnly, AnyRole, Authorized};
-use super::catalog::{checked_example, compile_schema, display_name, event_type, EventDef};
+use super::catalog::{
+    checked_example, compile_schema, display_name, event_type, off_workers, EventDef,
+};
 use super::input::{JsonBody, PathParam, QueryParams};
 use super::ErrorBody;
 use crate::app::AppState;
@@ -55,7 +62,7 @@ pub struct UpdateEventTypeBody {
 #[utoipa::path(post, path = "/event-types/{event_name}", tag = "event types",
     params(("event_name" = String, Path, description = "Event type name")),
     request_body = UpdateEventTypeBody,
-    responses((status = 200, body = EventDef), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = EventDef), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = []), ("basic" = []), ("fullstory" = [])))]
 pub async fn update_event_type(
     State(state): State<AppState>,
@@ -65,30 +72,30 @@ pub async fn update_event_type(
 ) -> ApiResult<Json<EventDef>> {
     let org = caller.org();
     let current = event_type(&state, org, &event_name).await?;
-    let schema = match body.schema {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(given) => Some(Some(compile_schema(given)?)),
-    };
-    // The schema the example must match once the change is made.
-    let next_schema: Option<&EventSchema> = match &schema {
-        None => current.schema.as_deref(),
-        Some(next) => next.as_deref(),
-    };
-    let example = match body.example {
-        None => {
-            if let (Some(kept), Some(s)) = (&current.example, &schema) {
-                checked_example(kept.clone(), s.as_deref()).map_err(|_| {
-                    ApiError::invalid(
-                        "schema",
-                        "does not match the type's current example: give a new example (or \"example\": null) with it",
-                    )
-                })?;
-            }
-            None
-        }
-        Some(Value::Null) => Some(None),
-        Some(given) => Some(Some(checked_example(given, next_schema)?)),
+    let given = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    // A schema to compile, or an example to run against the current schema.
+    let runs_schema = given(&body.schema)
+        || (body.schema.is_none() && given(&body.example) && current.schema.is_some());
+    let (schema, example) = if runs_schema {
+        let (kept_schema, kept_example) = (current.schema, current.example);
+        off_workers(&state, org, move |deadline, budget| {
+            let change = Change {
+                schema: body.schema,
+                example: body.example,
+                kept_schema,
+                kept_example,
+            };
+            change.checked(deadline, budget)
+        })
+        .await?
+    } else {
+        let change = Change {
+            schema: body.schema,
+            example: body.example,
+            kept_schema: current.schema,
+            kept_example: current.example,
+        };
+        change.checked(Instant::now(), state.schema_checks.budget())?
     };
     let change = EventTypeChange {
         display_name: display_name(body.display_name)?,
@@ -100,6 +107,50 @@ pub async fn update_event_type(
         .update_event_type(org, &event_name, &change, Timestamp::now())
         .await?;
     Ok(Json(updated.into()))
+}
+
+/// A change of a type's schema or example, with what the type has now.
+struct Change {
+    schema: Option<Value>,
+    example: Option<Value>,
+    kept_schema: Option<Arc<EventSchema>>,
+    kept_example: Option<Value>,
+}
+
+/// What a change sets: `None` leaves it, `Some(None)` removes it.
+type Changed = (Option<Option<Arc<EventSchema>>>, Option<Option<Value>>);
+
+impl Change {
+    /// The schema compiled and the example that must match it checked, by `deadline`.
+    fn checked(self, deadline: Instant, budget: Duration) -> ApiResult<Changed> {
+        let schema = match self.schema {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(given) => Some(Some(compile_schema(given)?)),
+        };
+        // The schema the example must match once the change is made.
+        let next_schema: Option<&EventSchema> = match &schema {
+            None => self.kept_schema.as_deref(),
+            Some(next) => next.as_deref(),
+        };
+        let example = match self.example {
+            None => {
+                if let (Some(kept), Some(s)) = (self.kept_example, &schema) {
+                    checked_example(kept, s.as_deref(), deadline, budget).map_err(|e| match e {
+                        ApiError::ValidationBudgetExceeded(_) => e,
+                        _ => ApiError::invalid(
+                            "schema",
+                            "does not match the type's current example: give a new example (or \"example\": null) with it",
+                        ),
+                    })?;
+                }
+                None
+            }
+            Some(Value::Null) => Some(None),
+            Some(given) => Some(Some(checked_example(given, next_schema, deadline, budget)?)),
+        };
+        Ok((schema, example))
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

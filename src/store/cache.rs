@@ -1,5 +1,5 @@
-//! Read caches of API keys, event catalogs and subcategories, which every publish and
-//! every request looks up.
+//! Read caches of API keys, event catalogs, subcategories and fan-out counts, which
+//! every publish and every request looks up.
 //!
 //! Policy: every change to what is cached forgets the entry in the same call that makes
 //! the change. On SQLite a file is served by one process, so the cache is exact (a
@@ -7,10 +7,14 @@
 //! not in the cache is looked up in the database). On PostgreSQL every change also
 //! notifies the other nodes, which forget the entry when the notification arrives (and
 //! forget everything whenever their notification connection was lost). Misses are not
-//! cached.
+//! cached. Fan-out counts (how many endpoints a route of an org reaches, for the bound
+//! on a request's deliveries) are forgotten with every endpoint change of the org, and
+//! kept at most [`FAN_OUT_TTL`], so an endpoint that posthorn disabled itself stops
+//! counting soon.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::domain::{KeyHash, OrgId};
 use crate::store::{ApiKeyRecord, EventTypeRecord};
@@ -21,6 +25,12 @@ const MAX_ENTRIES: usize = 10_000;
 /// One org's event types.
 type Catalog = Arc<Vec<EventTypeRecord>>;
 
+/// Longest a fan-out count is used.
+pub(crate) const FAN_OUT_TTL: Duration = Duration::from_secs(10);
+
+/// Fan-out counts by (org, event type, subcategory), with when they were read.
+type FanOuts = HashMap<(String, String, String), (u64, Instant)>;
+
 #[derive(Default)]
 pub(crate) struct Cache {
     /// Keys, and a generation bumped by every forget: a key read from the database
@@ -30,6 +40,8 @@ pub(crate) struct Cache {
     /// before a change committed must not be cached after the change forgot it.
     catalogs: Mutex<(HashMap<String, Catalog>, u64)>,
     subcategories: Mutex<HashSet<(String, String, String)>>,
+    /// Fan-out counts, and a generation bumped by every forget, as for catalogs.
+    fan_outs: Mutex<(FanOuts, u64)>,
 }
 
 fn bounded<T>(len: usize, clear: impl FnOnce() -> T) {
@@ -116,6 +128,61 @@ impl Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        {
+            let mut fan_outs = self.fan_outs.lock().unwrap_or_else(PoisonError::into_inner);
+            fan_outs.0.clear();
+            fan_outs.1 += 1;
+        }
+    }
+
+    /// The cached fan-out count of each route of `org` (`None`: read it), and the
+    /// generation to hand to [`Cache::put_fan_outs`] with what was read.
+    pub(crate) fn fan_outs(
+        &self,
+        org: &OrgId,
+        routes: &[(String, String)],
+    ) -> (Vec<Option<u64>>, u64) {
+        let fan_outs = self.fan_outs.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts = routes
+            .iter()
+            .map(|(name, sub)| {
+                fan_outs
+                    .0
+                    .get(&(org.as_str().to_owned(), name.clone(), sub.clone()))
+                    .filter(|(_, at)| at.elapsed() < FAN_OUT_TTL)
+                    .map(|(n, _)| *n)
+            })
+            .collect();
+        (counts, fan_outs.1)
+    }
+
+    /// Remembers counts read at `generation`, unless an endpoint changed since.
+    pub(crate) fn put_fan_outs(
+        &self,
+        org: &OrgId,
+        counts: &[(&(String, String), u64)],
+        generation: u64,
+    ) {
+        let mut fan_outs = self.fan_outs.lock().unwrap_or_else(PoisonError::into_inner);
+        if fan_outs.1 != generation {
+            return;
+        }
+        let now = Instant::now();
+        for ((name, sub), n) in counts {
+            bounded(fan_outs.0.len(), || fan_outs.0.clear());
+            fan_outs.0.insert(
+                (org.as_str().to_owned(), name.clone(), sub.clone()),
+                (*n, now),
+            );
+        }
+    }
+
+    /// After a change of one of `org`'s endpoints (created, deleted, switched on or
+    /// off, subscriptions).
+    pub(crate) fn forget_fan_outs(&self, org: &OrgId) {
+        let mut fan_outs = self.fan_outs.lock().unwrap_or_else(PoisonError::into_inner);
+        fan_outs.0.retain(|(o, _, _), _| o != org.as_str());
+        fan_outs.1 += 1;
     }
 
     pub(crate) fn has_subcategory(&self, org: &OrgId, event: &str, token: &str) -> bool {

@@ -11,6 +11,11 @@
 //! a retry puts it back in the queue (held, not before the retry time), and a FIFO head's
 //! outcome tells the queue to look again.
 //!
+//! An endpoint that is disabled or deleted sends nothing more: what waits in its queue
+//! is failed at once ([`DROPPED`]), in the transaction that switches it off (a Delete or
+//! an Update), or by the next pump when something else did (a `410`, auto-disable). A
+//! backlog is never drained at the endpoint's rate only to be failed one by one.
+//!
 //! The limiter is GCRA (a token bucket kept as one timestamp, the theoretical arrival
 //! time): with limit `r` and burst `b`, sends are spaced `1/r` apart and at most `b`
 //! go at once after a quiet spell.
@@ -22,6 +27,10 @@ use super::model::FlowConfig;
 /// second, the default poll interval, so a busy dispatcher (which claims on its poll
 /// timer) pumps again before the slots run out.
 pub const HORIZON_MS: i64 = 2000;
+
+/// Why a held delivery of an endpoint that was switched off failed (the words of the
+/// engine's for one that came due meanwhile).
+pub const DROPPED: &str = "endpoint was disabled or deleted before delivery";
 
 /// How many endpoints one claim pumps at most.
 pub const PUMP_BATCH: i64 = 64;
@@ -41,12 +50,14 @@ pub(crate) struct FlowRow {
     /// FIFO: the delivery out now, if it is still out (pending and not held).
     pub busy: Option<i64>,
     pub paused_until_ms: Option<i64>,
+    /// Enabled and not deleted: otherwise its queue is dropped, not pumped.
+    pub live: bool,
 }
 
 /// The columns of [`FlowRow`] from `endpoints e` (busy only while its delivery is out).
 pub(crate) const FLOW_COLUMNS: &str = "e.uid, e.rate_limit, e.rate_burst, e.fifo, e.flow_tat_us, \
     (SELECT b.id FROM deliveries b WHERE b.id = e.flow_busy AND b.state = 'pending' AND NOT b.held) AS busy, \
-    e.paused_until_ms";
+    e.paused_until_ms, (e.enabled AND e.deleted_ms IS NULL) AS live";
 
 impl FlowRow {
     fn config(&self) -> FlowConfig {
@@ -198,6 +209,7 @@ mod tests {
             flow_tat_us: 0,
             busy: None,
             paused_until_ms: None,
+            live: true,
         }
     }
 

@@ -35,7 +35,7 @@ pub use model::*;
 pub use rules::STATS_BUCKET_MS;
 pub use web::{BucketCounts, OrgDeliveryFilter, Web, WebSessionKind, WebSessionRecord};
 
-use crate::domain::{DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
+use crate::domain::{DeliveryId, EndpointUid, EventId, KeyHash, OrgId, PublicIds, Timestamp};
 
 pub type DynStore = Arc<dyn Store>;
 
@@ -50,6 +50,10 @@ pub enum StoreError {
     /// change's transaction): the field and why, for the client.
     #[error("{field} {why}")]
     Invalid { field: &'static str, why: String },
+    /// A bound per org or per request would be passed; the text says which, for the
+    /// client.
+    #[error("{0}")]
+    Limit(String),
     /// The database cannot be reached right now (pool timeout, I/O, restart, disk full).
     #[error("store unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -91,6 +95,11 @@ pub trait Queue: Send + Sync {
     /// each, all in one transaction; durable when it returns. An idempotency key used in
     /// its org within the window is not stored again: the first answer is returned.
     async fn publish(&self, batch: PublishBatch) -> StoreResult<PublishResult>;
+    /// How many deliveries publishing an event of each of `routes` (event type and
+    /// subcategory, "" for none) in `org` would make now: its live, enabled endpoints
+    /// subscribed to it or to everything. Read-only: the fan-out bound of a request is
+    /// checked with it before anything is stored (`crate::fan_out`).
+    async fn fan_out(&self, org: &OrgId, routes: &[(String, String)]) -> StoreResult<Vec<u64>>;
     /// Leases due deliveries (see [`ClaimRequest`]).
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>>;
     /// Records attempts and applies their outcomes (where the claim token still
@@ -139,8 +148,10 @@ pub trait Queue: Send + Sync {
         now: Timestamp,
     ) -> StoreResult<u64>;
     /// Deletes up to `batch` finished deliveries (with their attempts) last changed
-    /// before `cutoff`, events before `cutoff` left with no delivery, and statistics
-    /// older than `cutoff`. Returns how many deliveries went.
+    /// before `cutoff`, oldest first, events before `cutoff` left with no delivery, and
+    /// statistics older than `cutoff`, found by indexes of what may go: pending work,
+    /// however much, holds back nothing else. Returns how many deliveries (or, if more,
+    /// events that made none) went.
     async fn prune(&self, cutoff: Timestamp, batch: u32) -> StoreResult<u64>;
     /// When the earliest pending delivery (claimed or not) becomes due.
     async fn next_due(&self) -> StoreResult<Option<Timestamp>>;
@@ -231,6 +242,13 @@ pub trait Admin: Send + Sync {
     ///
     /// Fails with `Conflict` when the org has a live endpoint with that URL.
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord>;
+    /// [`Admin::create_endpoint`], unless the org has `most` live endpoints already
+    /// (`Limit`), checked in the transaction that creates it.
+    async fn create_endpoint_within(
+        &self,
+        new: &NewEndpoint,
+        most: u32,
+    ) -> StoreResult<EndpointRecord>;
     async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord>;
     async fn list_endpoints(
         &self,
@@ -302,6 +320,21 @@ pub trait Store: Queue + Admin + Log + Web {
     fn write_concurrency(&self) -> usize {
         1
     }
+
+    /// How this store's delivery ids are spelled outside (its key is in `meta`).
+    fn public_ids(&self) -> &PublicIds;
+}
+
+/// The [`PublicIds`] of a store, from the two `meta` values its migration made.
+pub(crate) fn public_ids_from(key: &[u8], legacy_upto: &[u8]) -> anyhow::Result<PublicIds> {
+    let key: &[u8; 16] = key
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("meta delivery_id_key is not 16 bytes"))?;
+    let upto = std::str::from_utf8(legacy_upto)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("meta legacy_delivery_ids_upto is not a number"))?;
+    Ok(PublicIds::new(key, upto))
 }
 
 /// How a process uses the store.

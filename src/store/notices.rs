@@ -9,7 +9,7 @@ use super::rows::org;
 use super::rules::Health;
 use super::StoreResult;
 use crate::domain::notice::{is_operational, FailedDelivery, Notice, Subject};
-use crate::domain::{EndpointUid, Timestamp};
+use crate::domain::{DeliveryId, EndpointUid, PublicIds, Timestamp};
 
 fn subject(r: &EndpointRecord) -> Subject<'_> {
     Subject {
@@ -126,7 +126,7 @@ pub(crate) const FAILED_COLUMNS: &str = "d.id, d.attempts, d.last_status, d.last
 
 impl FailedRow {
     /// `delivery.failed`, unless the delivery carried an operational event itself.
-    pub fn notice(&self, now: Timestamp) -> StoreResult<Option<Notice>> {
+    pub fn notice(&self, ids: &PublicIds, now: Timestamp) -> StoreResult<Option<Notice>> {
         if is_operational(&self.event_name) {
             return Ok(None);
         }
@@ -137,7 +137,7 @@ impl FailedRow {
             url: &self.url,
         };
         let failed = FailedDelivery {
-            delivery_id: self.id,
+            delivery_id: ids.delivery(DeliveryId(self.id)),
             event_id: &self.event_id,
             event_name: &self.event_name,
             attempts: self.attempts,

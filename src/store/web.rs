@@ -120,6 +120,14 @@ pub trait Web: Send + Sync {
     /// Marks the session revoked, and every session made from it (a grant's portal
     /// sessions). Revoking an unknown or revoked session is not an error.
     async fn revoke_web_session(&self, hash: &KeyHash, now: Timestamp) -> StoreResult<()>;
+    /// Revokes the live portal sessions made from `grant` but its `keep` newest (a
+    /// link's bound on live sessions); how many.
+    async fn trim_grant_sessions(
+        &self,
+        grant: &KeyHash,
+        keep: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64>;
     /// Deletes the sessions that expired or were revoked before `now` (they let no one
     /// in any more); how many.
     async fn prune_web_sessions(&self, now: Timestamp) -> StoreResult<u64>;

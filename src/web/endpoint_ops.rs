@@ -147,7 +147,7 @@ async fn recover(State(state): State<AppState>, Path(id): Path<String>, a: Actio
     let v = &a.viewer;
     v.require(Capability::Retry)?;
     let bound = |name: &str| -> WebResult<Timestamp> {
-        super::position(name, a.form.get(name))?
+        super::millis(name, a.form.get(name))?
             .map(Timestamp::from_millis)
             .ok_or_else(|| ApiError::RequiredField(name.into()).into())
     };

@@ -87,7 +87,7 @@ pub(super) async fn load(state: &AppState, v: &Viewer, id: &str) -> WebResult<En
 struct ListPage {
     chrome: Chrome,
     rows: Vec<Row>,
-    next: Option<i64>,
+    next: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +104,7 @@ async fn list(
         .store
         .list_endpoints(
             &v.session.org_id,
-            super::position("after", q.after.as_deref())?,
+            super::position(&state, "e", "after", q.after.as_deref())?,
             PAGE,
         )
         .await?;
@@ -115,7 +115,9 @@ async fn list(
     Ok(render(&ListPage {
         chrome: v.chrome("Endpoints", "endpoints"),
         rows,
-        next: page.next_after,
+        next: page
+            .next_after
+            .map(|n| state.store.public_ids().token("e", n)),
     }))
 }
 
@@ -313,12 +315,12 @@ async fn update(State(state): State<AppState>, Path(id): Path<String>, a: Action
     )
     .await
     {
-        Ok(Json(updated)) => {
-            Ok(
-                Redirect::to(&format!("{}/endpoints/{}", v.surface.base(), updated.id))
-                    .into_response(),
-            )
-        }
+        Ok(updated) => Ok(Redirect::to(&format!(
+            "{}/endpoints/{}",
+            v.surface.base(),
+            updated.endpoint.id
+        ))
+        .into_response()),
         Err(e) => refused(&state, v, Some(id), &a.form, e).await,
     }
 }
@@ -335,7 +337,7 @@ async fn toggle(State(state): State<AppState>, Path(id): Path<String>, a: Action
         headers: None,
         flow: Default::default(),
     };
-    let Json(_) = api::update_endpoint(
+    api::update_endpoint(
         State(state),
         v.caller(),
         PathParam(id.clone()),

@@ -3,14 +3,13 @@
 //!
 //! Policy: the log is read by `list_org_deliveries` (the `(org_id, id)` or
 //! `(endpoint_uid, id)` index, keyset pages: "older" links carry the last id). The live
-//! stream re-reads the first page every two seconds and sends its rows only when they
-//! changed; it checks the session each time and ends with it.
+//! stream is in `live.rs`: bounded by the stream pool, fed by one shared poll per org and
+//! filter.
 
 use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -19,24 +18,20 @@ use serde::Deserialize;
 use super::session::{Action, Viewer};
 use super::{render, Chrome, WebResult, When};
 use crate::app::AppState;
-use crate::domain::{Capability, DeliveryId, DeliveryState, EndpointId, Timestamp};
+use crate::domain::{Capability, DeliveryId, DeliveryState, EndpointId, PublicIds, Timestamp};
 use crate::error::ApiError;
 use crate::http::deliveries;
 use crate::http::input::PathParam;
 use crate::store::{DeliveryRecord, OrgDeliveryFilter};
 
-const PAGE: u32 = 50;
+pub(super) const PAGE: u32 = 50;
 /// How many deliveries a filtered page looks through at most (then it offers to go on).
-const SCAN: u32 = 10_000;
-/// How often the live log looks for changes.
-const TICK: Duration = Duration::from_secs(2);
-/// A live stream ends after this (the browser reconnects, re-checking the cookie).
-const STREAM_LIFE: Duration = Duration::from_secs(15 * 60);
+pub(super) const SCAN: u32 = 10_000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/log", get(log))
-        .route("/log/stream", get(stream))
+        .route("/log/stream", get(super::live::stream))
         .route("/deliveries/{id}", get(delivery))
         .route("/deliveries/{id}/retry", post(retry))
 }
@@ -82,6 +77,11 @@ impl Range {
     }
 
     pub fn since(self) -> Option<Timestamp> {
+        self.span().map(|span| Timestamp::now().minus(span))
+    }
+
+    /// How far back the range reaches from now (`None`: all time).
+    pub fn span(self) -> Option<Duration> {
         let hours = match self {
             Self::Hour => 1,
             Self::Day => 24,
@@ -89,20 +89,20 @@ impl Range {
             Self::Month => 24 * 30,
             Self::All => return None,
         };
-        Some(Timestamp::now().minus(Duration::from_secs(hours * 3600)))
+        Some(Duration::from_secs(hours * 3600))
     }
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct LogQuery {
-    endpoint: Option<String>,
-    state: Option<String>,
-    event: Option<String>,
-    range: Option<String>,
+pub(super) struct LogQuery {
+    pub endpoint: Option<String>,
+    pub state: Option<String>,
+    pub event: Option<String>,
+    pub range: Option<String>,
     /// A range of one's own (RFC 3339), within the preset's.
-    from: Option<String>,
-    until: Option<String>,
-    before: Option<String>,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    pub before: Option<String>,
 }
 
 /// One row of the log.
@@ -118,10 +118,11 @@ pub struct LogRow {
     pub created: When,
 }
 
-impl From<DeliveryRecord> for LogRow {
-    fn from(d: DeliveryRecord) -> Self {
+impl LogRow {
+    /// The row of `d`, its id spelled with `ids`.
+    pub fn view(d: DeliveryRecord, ids: &PublicIds) -> Self {
         Self {
-            id: d.id.to_string(),
+            id: ids.delivery(d.id),
             event_name: d.event_name,
             endpoint_id: EndpointId::for_url(&d.endpoint_url).as_str().to_owned(),
             endpoint_url: d.endpoint_url,
@@ -139,7 +140,11 @@ impl From<DeliveryRecord> for LogRow {
 }
 
 /// The filter a query stands for; an unknown endpoint or state is a 400/404.
-async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeliveryFilter> {
+pub(super) async fn filter(
+    state: &AppState,
+    v: &Viewer,
+    q: &LogQuery,
+) -> WebResult<OrgDeliveryFilter> {
     let endpoint = match q.endpoint.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => {
             let url = EndpointId::from_raw(id).url().ok_or(ApiError::NotFound)?;
@@ -164,7 +169,7 @@ async fn filter(state: &AppState, v: &Viewer, q: &LogQuery) -> WebResult<OrgDeli
         event_name: q.event.clone().filter(|s| !s.is_empty()),
         since: Range::parse(q.range.as_deref()).since().max(from),
         until,
-        before: super::position("before", q.before.as_deref())?,
+        before: super::position(state, "d", "before", q.before.as_deref())?,
         scan: SCAN,
         limit: PAGE,
     })
@@ -183,7 +188,7 @@ struct LogPage {
     until: String,
     /// The query of this page without `before` (for the stream and the "older" link).
     query: String,
-    older: Option<i64>,
+    older: Option<String>,
     /// The page is short because the search stopped at [`SCAN`] deliveries.
     cut: bool,
     scan: u32,
@@ -192,9 +197,9 @@ struct LogPage {
 
 #[derive(Template)]
 #[template(path = "log_rows.html")]
-struct LogRows {
-    chrome: Chrome,
-    rows: Vec<LogRow>,
+pub(super) struct LogRows {
+    pub chrome: Chrome,
+    pub rows: Vec<LogRow>,
 }
 
 fn query_string(q: &LogQuery) -> String {
@@ -223,7 +228,11 @@ async fn log(State(state): State<AppState>, v: Viewer, Query(q): Query<LogQuery>
     let cut = page.next_after.is_some() && page.items.len() < PAGE as usize;
     Ok(render(&LogPage {
         chrome: v.chrome("Delivery log", "log"),
-        rows: page.items.into_iter().map(LogRow::from).collect(),
+        rows: page
+            .items
+            .into_iter()
+            .map(|d| LogRow::view(d, state.store.public_ids()))
+            .collect(),
         endpoint: q.endpoint.clone().unwrap_or_default(),
         state: q.state.clone().unwrap_or_default(),
         event: q.event.clone().unwrap_or_default(),
@@ -233,67 +242,11 @@ async fn log(State(state): State<AppState>, v: Viewer, Query(q): Query<LogQuery>
         query: query_string(&q),
         scan: SCAN,
         cut,
-        older: page.next_after,
+        older: page
+            .next_after
+            .map(|n| state.store.public_ids().token("d", n)),
         live: q.before.is_none(),
     }))
-}
-
-/// What the rows show, to tell whether they changed.
-fn fingerprint(rows: &[DeliveryRecord]) -> Vec<(i64, DeliveryState, u32)> {
-    rows.iter().map(|d| (d.id.0, d.state, d.attempts)).collect()
-}
-
-async fn stream(
-    State(state): State<AppState>,
-    v: Viewer,
-    Query(q): Query<LogQuery>,
-) -> WebResult<impl IntoResponse> {
-    let mut f = filter(&state, &v, &q).await?;
-    f.before = None;
-    let started = tokio::time::Instant::now();
-    // Nothing seen yet: the first tick sends the rows, whatever changed between the
-    // page's drawing and the stream's opening.
-    let seen = Vec::new();
-    let events = futures_util::stream::unfold(
-        (state, v, f, seen, false),
-        move |(state, v, f, seen, done)| async move {
-            if done || started.elapsed() > STREAM_LIFE {
-                return None;
-            }
-            tokio::time::sleep(TICK).await;
-            if !v.still_valid(&state).await {
-                let end = Event::default().event("ended").data("signed out");
-                return Some((
-                    Ok::<_, std::convert::Infallible>(end),
-                    (state, v, f, seen, true),
-                ));
-            }
-            let page = match state.store.list_org_deliveries(&v.session.org_id, &f).await {
-                Ok(p) => p,
-                Err(_) => {
-                    let ping = Event::default().comment("store unavailable");
-                    return Some((Ok(ping), (state, v, f, seen, false)));
-                }
-            };
-            let now = fingerprint(&page.items);
-            if now == seen {
-                return Some((
-                    Ok(Event::default().comment("unchanged")),
-                    (state, v, f, seen, false),
-                ));
-            }
-            let rows = LogRows {
-                chrome: v.chrome("", "log"),
-                rows: page.items.into_iter().map(LogRow::from).collect(),
-            };
-            let html = rows.render().unwrap_or_default();
-            Some((
-                Ok(Event::default().event("rows").data(html)),
-                (state, v, f, now, false),
-            ))
-        },
-    );
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// An attempt as the delivery page shows it.
@@ -337,13 +290,20 @@ fn sent_headers(org: &str, event_id: &str, started: Timestamp) -> Vec<(String, S
     .collect()
 }
 
-fn delivery_id(raw: &str) -> WebResult<DeliveryId> {
-    Ok(DeliveryId::parse(raw).ok_or(ApiError::NotFound)?)
+fn delivery_id(state: &AppState, raw: &str) -> WebResult<DeliveryId> {
+    Ok(state
+        .store
+        .public_ids()
+        .parse_delivery(raw)
+        .ok_or(ApiError::NotFound)?)
 }
 
 async fn delivery(State(state): State<AppState>, v: Viewer, Path(id): Path<String>) -> WebResult {
     let org = &v.session.org_id;
-    let d = state.store.get_delivery(org, delivery_id(&id)?).await?;
+    let d = state
+        .store
+        .get_delivery(org, delivery_id(&state, &id)?)
+        .await?;
     let event = state.store.get_event(org, &d.event_id).await?;
     let payload = serde_json::from_slice::<serde_json::Value>(&event.body)
         .ok()
@@ -371,7 +331,7 @@ async fn delivery(State(state): State<AppState>, v: Viewer, Path(id): Path<Strin
             .next_attempt
             .filter(|_| d.state == DeliveryState::Pending)
             .map(When::of),
-        d: LogRow::from(d),
+        d: LogRow::view(d, state.store.public_ids()),
         payload,
         attempts,
     }))

@@ -12,8 +12,10 @@ mod admin;
 mod chart;
 mod endpoint_ops;
 mod endpoints;
+mod live;
 mod log;
 pub mod session;
+mod sign_in;
 
 use askama::Template;
 use axum::extract::Request;
@@ -111,7 +113,13 @@ impl IntoResponse for WebError {
                     status: status.as_u16(),
                     message: e.to_string(),
                 };
-                (status, render(&page)).into_response()
+                let mut response = (status, render(&page)).into_response();
+                if let ApiError::TooManyRequests { retry_after_secs } = e {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, retry_after_secs.max(1).into());
+                }
+                response
             }
         }
     }
@@ -210,17 +218,35 @@ impl When {
     }
 }
 
-/// A keyset position from a page's query (`?before=`, `?after=`): a 400 page when it is
-/// not a number.
-pub fn position(name: &str, raw: Option<&str>) -> WebResult<Option<i64>> {
+/// A keyset position from a page's link (`?before=`, `?after=`): a token of list
+/// `kind` (encrypted, as the API's pagination tokens), a 400 page otherwise.
+pub fn position(
+    state: &AppState,
+    kind: &str,
+    name: &str,
+    raw: Option<&str>,
+) -> WebResult<Option<i64>> {
     match raw.filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| {
-            WebError::Api(ApiError::invalid(
+        Some(s) => match state.store.public_ids().parse_token(kind, s) {
+            Some(n) => Ok(Some(n)),
+            None => Err(WebError::Api(ApiError::invalid(
                 name,
                 "must be a position from a page's link",
-            ))
-        }),
+            ))),
+        },
+    }
+}
+
+/// A time in milliseconds from a confirmation form's hidden field: a 400 page when it
+/// is not a number.
+pub fn millis(name: &str, raw: Option<&str>) -> WebResult<Option<i64>> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| WebError::Api(ApiError::invalid(name, "must be a time from the form"))),
     }
 }
 
@@ -334,9 +360,11 @@ async fn security_headers(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: under `no-referrer` browsers send `Origin: null`
+    // with a form post, and the form checks need its real origin (session.rs).
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

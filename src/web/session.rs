@@ -1,10 +1,22 @@
-//! Who is looking at a page: console sign-in with an admin key, the portal's trade of a
-//! grant for a cookie, and the CSRF-checked form every state change arrives as.
+//! Who is looking at a page: the session behind a cookie, the portal's trade of a grant
+//! for a cookie, and the CSRF-checked form every state change arrives as (console
+//! sign-in is in `sign_in.rs`).
 //!
 //! Policy: the browser keeps only an `HttpOnly` cookie naming a session (the key never
 //! leaves the sign-in request); the session acts as the key it was made with, which
 //! must still be a live admin key, so revoking the key signs its sessions out. A form
-//! whose `csrf` field is not the session's token changes nothing (403).
+//! whose `csrf` field is not the session's token changes nothing (403), nor does any
+//! form post (sign-in, every change, the portal's trade) whose `Origin`, when the
+//! browser sends one, is not this server's own (`POSTHORN_PUBLIC_URL`'s, or that of the
+//! `Host` it was sent to).
+//!
+//! Budgets: a console session counts against its key's rate limit (it is the operator
+//! acting as the key); a portal session against its own and its link's
+//! (`http::ratelimit::PortalLimits`), never the key's. Trading a link for a session is
+//! throttled per link and per client address, and a link keeps at most
+//! `POSTHORN_PORTAL_SESSIONS_PER_LINK` live sessions: a trade beyond it ends the link's
+//! oldest session (one person's many tabs share one cookie, so it is another browser's
+//! oldest that ends, never the one opening the link now).
 
 use std::time::Duration;
 
@@ -18,16 +30,15 @@ use axum::routing::{get, post};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
-use super::{render, Chrome, Surface, WebError, WebResult};
+use super::{render, sign_in, Chrome, Surface, WebError, WebResult};
 use crate::app::AppState;
-use crate::domain::{ApiKey, Capabilities, Capability, Role, SessionToken, Timestamp};
+use crate::domain::{Capabilities, Capability, Role, SessionToken, Timestamp};
 use crate::error::ApiError;
 use crate::http::auth::{AdminOnly, Authorized};
 use crate::store::{ApiKeyRecord, WebSessionKind, WebSessionRecord};
 
-const CONSOLE_COOKIE: &str = "posthorn_console";
+pub(super) const CONSOLE_COOKIE: &str = "posthorn_console";
 const PORTAL_COOKIE: &str = "posthorn_portal";
-const SIGNIN_COOKIE: &str = "posthorn_signin";
 /// Longest a portal cookie session lasts (less if its grant ends sooner).
 const PORTAL_SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// Largest form a page may post.
@@ -100,7 +111,7 @@ impl Viewer {
     }
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -113,7 +124,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The live admin key behind `hash`, if it still is one.
-async fn live_admin(
+pub(super) async fn live_admin(
     state: &AppState,
     hash: &crate::domain::KeyHash,
 ) -> WebResult<Option<ApiKeyRecord>> {
@@ -176,8 +187,18 @@ impl FromRequestParts<AppState> for Viewer {
         if !grant_holds(state, &session).await? {
             return Err(signed_out());
         }
-        if let Some(limiter) = &state.limiter {
-            limiter.check(&state.store, &key.id).await?;
+        match surface {
+            Surface::Console => {
+                if let Some(limiter) = &state.limiter {
+                    limiter.check(&state.store, &key.id).await?;
+                }
+            }
+            Surface::Portal => {
+                state
+                    .portal_limits
+                    .request(&state.store, &session.hash, session.grant_hash.as_ref())
+                    .await?;
+            }
         }
         Ok(Self {
             surface,
@@ -215,7 +236,7 @@ impl Form {
     }
 }
 
-async fn read_form(req: Request, state: &AppState) -> WebResult<Form> {
+pub(super) async fn read_form(req: Request, state: &AppState) -> WebResult<Form> {
     let limit = MAX_FORM_BYTES.min(state.config.max_body_bytes);
     let body = axum::body::to_bytes(req.into_body(), limit);
     let bytes: Bytes = tokio::time::timeout(state.config.connections.body_timeout, body)
@@ -225,8 +246,43 @@ async fn read_form(req: Request, state: &AppState) -> WebResult<Form> {
     Ok(Form::parse(&bytes))
 }
 
-fn ct_str_eq(a: &str, b: &str) -> bool {
+pub(super) fn ct_str_eq(a: &str, b: &str) -> bool {
     !b.is_empty() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// Whether a form post comes from this server's own pages: its `Origin`, when the
+/// browser sent one, is `POSTHORN_PUBLIC_URL`'s origin or that of the `Host` the request
+/// was sent to (the scheme aside: a TLS proxy's). `Origin: null` (what a browser sends
+/// under a `no-referrer` policy, or from a sandboxed frame) is ours only when the
+/// browser itself says the post came from the same origin (`Sec-Fetch-Site`, which no
+/// page can set).
+pub(super) fn from_own_origin(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if origin == "null" {
+        return headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site == "same-origin");
+    }
+    if let Some(public) = &state.config.web.public_url {
+        if origin.eq_ignore_ascii_case(&public.origin().ascii_serialization()) {
+            return true;
+        }
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((authority, host), (Some(a), Some(h)) if !h.is_empty() && a.eq_ignore_ascii_case(h))
+}
+
+/// The 403 of a form posted from another origin.
+pub(super) fn foreign_origin() -> WebError {
+    WebError::Denied("This form was sent from another site: open the page here and try again.")
 }
 
 /// A state change: the viewer and their form, whose CSRF token matched.
@@ -240,6 +296,9 @@ impl FromRequest<AppState> for Action {
 
     async fn from_request(req: Request, state: &AppState) -> WebResult<Self> {
         let (mut parts, body) = req.into_parts();
+        if !from_own_origin(state, &parts.headers) {
+            return Err(foreign_origin());
+        }
         let viewer = Viewer::from_request_parts(&mut parts, state).await?;
         let form = read_form(Request::from_parts(parts, body), state).await?;
         if !ct_str_eq(form.get("csrf").unwrap_or(""), &viewer.session.csrf) {
@@ -251,7 +310,13 @@ impl FromRequest<AppState> for Action {
     }
 }
 
-fn set_cookie(state: &AppState, name: &str, path: &str, value: &str, max_age: u64) -> String {
+pub(super) fn set_cookie(
+    state: &AppState,
+    name: &str,
+    path: &str,
+    value: &str,
+    max_age: u64,
+) -> String {
     let site = if state.config.https() {
         if name == PORTAL_COOKIE {
             // The portal may be framed by another site: its cookie must be sent there.
@@ -267,7 +332,7 @@ fn set_cookie(state: &AppState, name: &str, path: &str, value: &str, max_age: u6
 
 pub fn console_routes() -> Router<AppState> {
     Router::new()
-        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-in", get(sign_in::page).post(sign_in::sign_in))
         .route("/sign-out", post(sign_out))
 }
 
@@ -275,116 +340,6 @@ pub fn portal_routes() -> Router<AppState> {
     Router::new()
         .route("/session", post(portal_session))
         .route("/sign-out", post(sign_out))
-}
-
-#[derive(Template)]
-#[template(path = "sign_in.html")]
-struct SignInPage {
-    chrome: Chrome,
-    token: String,
-    error: Option<String>,
-}
-
-#[derive(serde::Deserialize)]
-struct SignInQuery {
-    expired: Option<String>,
-}
-
-async fn sign_in_page(
-    State(state): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<SignInQuery>,
-) -> Response {
-    let token = SessionToken::generate();
-    let page = SignInPage {
-        chrome: Chrome::bare(Surface::Console, "Sign in"),
-        token: token.expose().to_owned(),
-        error: q
-            .expired
-            .map(|_| "Your session has ended. Sign in again.".to_owned()),
-    };
-    (
-        [(
-            header::SET_COOKIE,
-            set_cookie(&state, SIGNIN_COOKIE, "/console", token.expose(), 3600),
-        )],
-        render(&page),
-    )
-        .into_response()
-}
-
-async fn sign_in(State(state): State<AppState>, req: Request) -> WebResult {
-    let addr = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let expected = cookie(req.headers(), SIGNIN_COOKIE).map(str::to_owned);
-    let form = read_form(req, &state).await?;
-    let refuse = |message: &str| {
-        let token = SessionToken::generate();
-        let page = SignInPage {
-            chrome: Chrome::bare(Surface::Console, "Sign in"),
-            token: token.expose().to_owned(),
-            error: Some(message.to_owned()),
-        };
-        Ok((
-            StatusCode::UNAUTHORIZED,
-            [(
-                header::SET_COOKIE,
-                set_cookie(&state, SIGNIN_COOKIE, "/console", token.expose(), 3600),
-            )],
-            render(&page),
-        )
-            .into_response())
-    };
-    let given = form.get("signin").unwrap_or("");
-    if !expected.is_some_and(|e| ct_str_eq(given, &e)) {
-        return refuse("The sign-in form expired. Try again.");
-    }
-    let key = ApiKey::from_raw(form.get("key").unwrap_or(""));
-    let Some(record) = live_admin(&state, &key.hash()).await? else {
-        if let (Some(limiter), Some(ip)) = (&state.failed_auth, addr) {
-            if let e @ ApiError::TooManyRequests { .. } = limiter.failed(ip) {
-                return Err(e.into());
-            }
-        }
-        return refuse("That is not a valid admin API key of any org.");
-    };
-    let token = SessionToken::generate();
-    let now = Timestamp::now();
-    let ttl = state.config.web.console_session_ttl;
-    state
-        .store
-        .insert_web_session(&WebSessionRecord {
-            hash: token.hash(),
-            org_id: record.org_id.clone(),
-            kind: WebSessionKind::Console,
-            capabilities: Capabilities::all().to_string(),
-            read_only: false,
-            csrf: SessionToken::generate().expose().to_owned(),
-            key_hash: Some(record.hash),
-            grant_hash: None,
-            created: now,
-            expires: now.plus(ttl),
-            revoked: None,
-        })
-        .await?;
-    let mut response = Redirect::to("/console/endpoints").into_response();
-    let headers = response.headers_mut();
-    for value in [
-        set_cookie(
-            &state,
-            CONSOLE_COOKIE,
-            "/console",
-            token.expose(),
-            ttl.as_secs(),
-        ),
-        set_cookie(&state, SIGNIN_COOKIE, "/console", "", 0),
-    ] {
-        if let Ok(v) = value.parse() {
-            headers.append(header::SET_COOKIE, v);
-        }
-    }
-    Ok(response)
 }
 
 async fn sign_out(State(state): State<AppState>, action: Action) -> WebResult {
@@ -424,6 +379,9 @@ async fn portal_session(State(state): State<AppState>, req: Request) -> WebResul
             "This request must come from the portal page.",
         ));
     }
+    if !from_own_origin(&state, req.headers()) {
+        return Err(foreign_origin());
+    }
     // Whatever comes of the trade, the session this browser had ends: a link that
     // fails must not leave the frame showing a previous session's org.
     if let Some(old) = cookie(req.headers(), PORTAL_COOKIE) {
@@ -433,7 +391,17 @@ async fn portal_session(State(state): State<AppState>, req: Request) -> WebResul
             .revoke_web_session(&old, Timestamp::now())
             .await?;
     }
-    match trade(&state, req).await {
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = addr {
+        if let Some(limiter) = &state.failed_auth {
+            limiter.admit(ip)?;
+        }
+        state.portal_limits.trade_from(&state.store, ip).await?;
+    }
+    match trade(&state, req, addr).await {
         Err(WebError::SignedOut(surface)) => {
             let mut response = WebError::SignedOut(surface).into_response();
             if let Ok(v) = set_cookie(&state, PORTAL_COOKIE, "/portal", "", 0).parse() {
@@ -445,16 +413,28 @@ async fn portal_session(State(state): State<AppState>, req: Request) -> WebResul
     }
 }
 
-/// The grant named by the posted token, traded for a portal session and its cookie.
-async fn trade(state: &AppState, req: Request) -> WebResult {
+/// The grant named by the posted token, traded for a portal session and its cookie; the
+/// link's oldest session ends when it would have more than its bound.
+async fn trade(state: &AppState, req: Request, addr: Option<std::net::IpAddr>) -> WebResult {
     let form = read_form(req, state).await?;
-    let grant = live_session(
-        state,
-        form.get("token").unwrap_or(""),
-        WebSessionKind::PortalGrant,
-    )
-    .await?
-    .ok_or(WebError::SignedOut(Surface::Portal))?;
+    let raw = form.get("token").unwrap_or("");
+    let Some(grant) = live_session(state, raw, WebSessionKind::PortalGrant).await? else {
+        // A token that names nothing is a failed authentication (a guess); an expired
+        // or revoked link is a customer's old page, not counted.
+        let hash = SessionToken::from_raw(raw).hash();
+        if state.store.find_web_session(&hash).await?.is_none() {
+            if let (Some(limiter), Some(ip)) = (&state.failed_auth, addr) {
+                if let e @ ApiError::TooManyRequests { .. } = limiter.failed(ip) {
+                    return Err(e.into());
+                }
+            }
+        }
+        return Err(WebError::SignedOut(Surface::Portal));
+    };
+    state
+        .portal_limits
+        .trade_of(&state.store, &grant.hash)
+        .await?;
     let key_hash = grant.key_hash.ok_or(WebError::SignedOut(Surface::Portal))?;
     live_admin(state, &key_hash)
         .await?
@@ -477,6 +457,10 @@ async fn trade(state: &AppState, req: Request) -> WebResult {
             expires,
             revoked: None,
         })
+        .await?;
+    state
+        .store
+        .trim_grant_sessions(&grant.hash, state.portal_limits.sessions_per_link, now)
         .await?;
     let max_age = ((expires.millis() - now.millis()) / 1000).max(1) as u64;
     Ok((

@@ -16,6 +16,7 @@ mod engine;
 mod errors;
 mod flow;
 pub mod helpers;
+mod hostile;
 mod on_postgres;
 mod operator;
 mod ops;

@@ -109,6 +109,56 @@ async fn a_batch_with_one_bad_event_stores_none() {
     assert_eq!(events_stored(&app).await, 0);
 }
 
+/// The schema checks run after the others, off the async workers, yet a batch is
+/// answered with the first event at fault and its first rule broken, as if its events
+/// were checked one by one.
+#[tokio::test]
+async fn a_batch_names_its_first_fault_whatever_the_rule() {
+    let app = app().await;
+    with_note_schema(&app).await;
+    let long_key = "k".repeat(256);
+    let cases = [
+        // A mismatch before a missing name: the mismatch.
+        (
+            json!([
+                {"eventName": "note.created", "data": {"title": 1}},
+                {"data": {"title": "b"}},
+            ]),
+            "events[0].data",
+        ),
+        // A missing name before a mismatch: the name.
+        (
+            json!([
+                {"data": {"title": "b"}},
+                {"eventName": "note.created", "data": {"title": 1}},
+            ]),
+            "events[0].eventName",
+        ),
+        // In one event, the schema's rule comes before the idempotency key's.
+        (
+            json!([{"eventName": "note.created", "data": {"title": 1}, "idempotencyKey": long_key}]),
+            "events[0].data",
+        ),
+        // A long key before a later mismatch: the key.
+        (
+            json!([
+                {"eventName": "note.created", "data": {"title": "a"}, "idempotencyKey": long_key},
+                {"eventName": "note.created", "data": {"title": 1}},
+            ]),
+            "events[0].idempotencyKey",
+        ),
+    ];
+    for (events, first) in cases {
+        let resp = app
+            .post("/webhooks/v1/events/batch", &json!({"events": events}))
+            .await;
+        assert_eq!(resp.status, 400, "{events}: {}", resp.text);
+        let message = resp.body["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(first), "{first}: {message}");
+    }
+    assert_eq!(events_stored(&app).await, 0);
+}
+
 #[tokio::test]
 async fn schemas_and_examples_are_checked_and_versioned() {
     let app = app().await;

@@ -76,7 +76,7 @@ async fn a_v1_database_migrates_in_place_and_loses_nothing() {
     assert_eq!(
         app.sql_i64("SELECT MAX(version) FROM _sqlx_migrations")
             .await,
-        10,
+        12,
         "migrated to the current schema"
     );
 
@@ -166,6 +166,31 @@ async fn a_v1_database_migrates_in_place_and_loses_nothing() {
     )
     .await;
     assert_eq!(attempts["attempts"].as_array().map(Vec::len), Some(2));
+
+    // Ids are shown encrypted now; the decimal ids the old version showed still name
+    // their deliveries (and only those: none made after the upgrade).
+    let shown = failed[0]["id"].as_str().expect("id");
+    assert!(shown.starts_with("dlv_") && shown.len() == 26, "{shown}");
+    let legacy = app.sql_i64("SELECT MAX(id) FROM deliveries").await;
+    let by_old = get(
+        &app,
+        ADMIN,
+        &format!("/webhooks/v1/deliveries/dlv_{legacy}"),
+    )
+    .await;
+    assert!(
+        by_old["id"].as_str().is_some_and(|id| id.len() == 26),
+        "{by_old}"
+    );
+    let after = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/webhooks/v1/deliveries/dlv_{}", legacy + 1),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(after.status, 404, "{}", after.text);
 
     // Pending work, never attempted, is delivered, signed with the secret sealed by the
     // old version once the endpoint points somewhere reachable.

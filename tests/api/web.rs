@@ -100,6 +100,9 @@ async fn pages_carry_a_strict_policy_and_only_the_portal_may_be_framed() {
     );
     assert_eq!(console.headers()["x-frame-options"], "DENY");
     assert_eq!(console.headers()["x-content-type-options"], "nosniff");
+    // Not `no-referrer`: under it browsers post the pages' own forms with `Origin: null`,
+    // which the form checks refuse.
+    assert_eq!(console.headers()["referrer-policy"], "same-origin");
     assert_eq!(console.headers()["cache-control"], "no-store");
     let portal = client()
         .get(format!("{}/portal/", app.base))

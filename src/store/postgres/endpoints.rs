@@ -10,6 +10,17 @@ use crate::store::{
     EndpointPatch, EndpointRecord, NewEndpoint, Page, StoreError, StoreResult, WILDCARD,
 };
 
+/// Tells every node to forget its caches (the org's fan-out counts among them) once
+/// this transaction commits.
+async fn notify_caches(conn: &mut PgConnection) -> StoreResult<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::CACHE_CHANNEL)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 fn unique_or(url: &str) -> impl Fn(sqlx::Error) -> StoreError + '_ {
     move |e| {
         if is_unique_violation(&e) {
@@ -106,7 +117,39 @@ pub(super) async fn create(
     new: &NewEndpoint,
     operator: Option<&OrgId>,
 ) -> StoreResult<EndpointRecord> {
+    create_within(pool, new, None, operator).await
+}
+
+/// Refuses a new endpoint when its org has `most` live ones already. The org's row is
+/// locked first, so creates in one org (from any node) count one after another.
+async fn room_for_one(conn: &mut PgConnection, org: &OrgId, most: u32) -> StoreResult<()> {
+    let live: i64 = sqlx::query_scalar(
+        "WITH o AS (SELECT id FROM orgs WHERE id = $1 FOR UPDATE) \
+         SELECT COUNT(*) FROM endpoints WHERE org_id = (SELECT id FROM o) AND deleted_ms IS NULL",
+    )
+    .bind(org.as_str())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    if live >= i64::from(most) {
+        return Err(StoreError::Limit(format!(
+            "this org has {live} endpoints, the most it may have (POSTHORN_MAX_ENDPOINTS_PER_ORG is {most}); delete one first"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates an endpoint, within `most` live endpoints of its org if given.
+pub(super) async fn create_within(
+    pool: &PgPool,
+    new: &NewEndpoint,
+    most: Option<u32>,
+    operator: Option<&OrgId>,
+) -> StoreResult<EndpointRecord> {
     let mut tx = pool.begin().await.map_err(map_err)?;
+    if let Some(most) = most {
+        room_for_one(&mut tx, &new.org_id, most).await?;
+    }
     sqlx::query(
         "INSERT INTO endpoints (org_id, url, enabled, secret, created_ms, modified_ms, disabled_ms, headers, \
            rate_limit, rate_burst, fifo) \
@@ -131,6 +174,7 @@ pub(super) async fn create(
     notices::store(&mut tx, &made, operator, new.now)
         .await
         .map_err(map_err)?;
+    notify_caches(&mut tx).await?;
     tx.commit().await.map_err(map_err)?;
     Ok(endpoint)
 }
@@ -210,6 +254,12 @@ pub(super) async fn update(
             .await
             .map_err(map_err)?;
     }
+    if !patch.enabled {
+        // Switched off: its flow queue fails at once (see `store/flow.rs`).
+        super::flow::drop_held(&mut tx, current.uid.0, patch.now)
+            .await
+            .map_err(map_err)?;
+    }
     if let Some(event_types) = &patch.event_types {
         write_subscriptions(&mut tx, org, current.uid, event_types).await?;
     }
@@ -219,6 +269,7 @@ pub(super) async fn update(
     notices::store(&mut tx, &made, operator, patch.now)
         .await
         .map_err(map_err)?;
+    notify_caches(&mut tx).await?;
     tx.commit().await.map_err(map_err)?;
     Ok(endpoint)
 }
@@ -242,10 +293,15 @@ pub(super) async fn delete(
     .await
     .map_err(map_err)?
     .ok_or(StoreError::NotFound)?;
+    // Its flow queue fails at once (see `store/flow.rs`).
+    super::flow::drop_held(&mut tx, deleted.uid, now)
+        .await
+        .map_err(map_err)?;
     let made = [told::endpoint_deleted(&deleted, now)?];
     notices::store(&mut tx, &made, operator, now)
         .await
         .map_err(map_err)?;
+    notify_caches(&mut tx).await?;
     tx.commit().await.map_err(map_err)
 }
 

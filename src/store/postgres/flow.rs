@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::{EndpointUid, Timestamp};
-use crate::store::flow::{FlowRow, Wanted, FLOW_COLUMNS, PUMP_BATCH};
+use crate::store::flow::{FlowRow, Wanted, DROPPED, FLOW_COLUMNS, PUMP_BATCH};
 use crate::store::rows::ClaimRow;
 use crate::store::rules::{self, Health};
 use crate::store::{AttemptRecord, ClaimRequest};
@@ -43,6 +43,10 @@ pub(super) async fn pump(
     let mut room: HashMap<i64, u32> = HashMap::new();
     let mut released: Vec<(i64, Option<i64>)> = Vec::new();
     for e in ready {
+        if !e.live {
+            drop_held(&mut tx, e.uid, req.now).await?;
+            continue;
+        }
         let left = room
             .entry(e.uid)
             .or_insert_with(|| req.room(EndpointUid(e.uid)));
@@ -100,6 +104,34 @@ pub(super) async fn pump(
             (row, not_before)
         })
         .collect())
+}
+
+/// Fails at once what waits in the flow queue of `uid`, an endpoint switched off (see
+/// `store/flow.rs`): its held deliveries (none of them is out), counted as failed in
+/// its statistics; they can be recovered. Its queue has nothing more to do. How many.
+pub(super) async fn drop_held(
+    tx: &mut PgConnection,
+    uid: i64,
+    now: Timestamp,
+) -> Result<u64, sqlx::Error> {
+    let dropped: i64 = sqlx::query_scalar(
+        "WITH f AS (UPDATE deliveries SET state = 'failed', held = FALSE, last_error = $3, updated_ms = $2 \
+               WHERE endpoint_uid = $1 AND held AND state = 'pending' RETURNING 1), \
+         n AS (SELECT COUNT(*) AS n FROM f), \
+         s AS (INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) \
+               SELECT $1, $4, 0, n FROM n WHERE n > 0 \
+               ON CONFLICT (endpoint_uid, bucket_ms) DO UPDATE SET \
+                 failed = endpoint_stats.failed + excluded.failed), \
+         e AS (UPDATE endpoints SET flow_next_ms = NULL, flow_busy = NULL WHERE uid = $1) \
+         SELECT n FROM n",
+    )
+    .bind(uid)
+    .bind(now.millis())
+    .bind(DROPPED)
+    .bind(rules::stats_bucket(now))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(u64::try_from(dropped).unwrap_or(0))
 }
 
 /// An endpoint's held deliveries in id order: `(id, not before)`, only those due by

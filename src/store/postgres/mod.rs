@@ -45,7 +45,9 @@ use super::{
     Queue, Store, StoreError, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use super::{BucketCounts, OrgDeliveryFilter, Web, WebSessionRecord};
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
+use crate::domain::{
+    ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, PublicIds, Timestamp,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 /// The channel on which work that became due without a lease is announced.
@@ -64,6 +66,7 @@ pub struct PgStore {
     wake: Arc<Notify>,
     /// Where operational events are stored besides their own org.
     operator: Option<OrgId>,
+    ids: PublicIds,
 }
 
 /// Maps a driver error to the store's error kinds: connection trouble is
@@ -146,6 +149,15 @@ impl PgStore {
             .run(&pool)
             .await
             .context("cannot apply database migrations")?;
+        let meta = |key: &'static str| {
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM meta WHERE key = $1")
+                .bind(key)
+                .fetch_one(&pool)
+        };
+        let ids = super::public_ids_from(
+            &meta("delivery_id_key").await?,
+            &meta("legacy_delivery_ids_upto").await?,
+        )?;
         let queue_pool = PgPoolOptions::new()
             .max_connections(6)
             .acquire_timeout(Duration::from_secs(3))
@@ -157,6 +169,7 @@ impl PgStore {
             listening: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
             operator,
+            ids,
         })
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::{map_err, retrying, WORK_CHANNEL};
-use crate::domain::{ClaimToken, DeliveryId, EventId};
+use crate::domain::{ClaimToken, DeliveryId, EventId, OrgId};
 use crate::store::rows::{TargetRow, TARGET_COLUMNS};
 use crate::store::rules::Deduped;
 use crate::store::{
@@ -81,6 +81,38 @@ async fn routes<'a>(
             .push(Arc::new(row.target.into_target()?));
     }
     Ok(out)
+}
+
+/// How many deliveries an event of each route (type, subcategory) of `org` would make,
+/// as [`routes`] finds them (endpoints subscribed to everything, one wildcard row each,
+/// plus those subscribed to the route): one statement, counted in the database.
+pub(super) async fn fan_out(
+    pool: &PgPool,
+    org: &OrgId,
+    routes: &[(String, String)],
+) -> StoreResult<Vec<u64>> {
+    let counts: Vec<i64> = sqlx::query_scalar(
+        "WITH everything AS (SELECT COUNT(*) AS n FROM endpoint_event_types t \
+                 JOIN endpoints e ON e.uid = t.endpoint_uid \
+                 WHERE t.org_id = $1 AND t.event_name = '*' AND t.subcategory = '' \
+                   AND e.enabled AND e.deleted_ms IS NULL) \
+         SELECT everything.n + (SELECT COUNT(*) FROM endpoint_event_types t \
+                  JOIN endpoints e ON e.uid = t.endpoint_uid \
+                  WHERE t.org_id = $1 AND t.event_name = r.event_name AND t.subcategory = r.subcategory \
+                    AND e.enabled AND e.deleted_ms IS NULL) \
+         FROM UNNEST($2::TEXT[], $3::TEXT[]) WITH ORDINALITY AS r(event_name, subcategory, n), everything \
+         ORDER BY r.n",
+    )
+    .bind(org.as_str())
+    .bind(routes.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(routes.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(counts
+        .into_iter()
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .collect())
 }
 
 #[derive(Debug, sqlx::FromRow)]

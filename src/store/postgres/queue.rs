@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use super::flow::{self, QUEUED};
 use super::notices;
 use super::{map_err, retrying, WORK_CHANNEL};
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
+use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, PublicIds, Timestamp};
 use crate::store::notices::{FailedRow, StandingRow, FAILED_COLUMNS};
 use crate::store::rows::{ClaimRow, TARGET_COLUMNS};
 use crate::store::rules::{self, Health};
@@ -75,6 +75,7 @@ pub(super) async fn record_attempts(
     now: Timestamp,
     policy: &HealthPolicy,
     operator: Option<&OrgId>,
+    ids: &PublicIds,
 ) -> StoreResult<()> {
     // Used-up schedules, flow queues to tell and receivers' signals take the
     // transaction, with every outcome of their endpoints (its health is decided from
@@ -95,7 +96,8 @@ pub(super) async fn record_attempts(
         if written.0 {
             return Ok(());
         }
-        return retrying(|| record_telling(pool, records, &health, now, policy, operator)).await;
+        return retrying(|| record_telling(pool, records, &health, now, policy, operator, ids))
+            .await;
     }
     let (mut slow, fast): (Vec<AttemptRecord>, Vec<AttemptRecord>) = records
         .iter()
@@ -110,7 +112,7 @@ pub(super) async fn record_attempts(
         }
     }
     let health = rules::health(&slow);
-    retrying(|| record_telling(pool, &slow, &health, now, policy, operator)).await
+    retrying(|| record_telling(pool, &slow, &health, now, policy, operator, ids)).await
 }
 
 /// What the outcome statement returns: whether it wrote anything, the deliveries whose
@@ -125,6 +127,7 @@ async fn record_telling(
     now: Timestamp,
     policy: &HealthPolicy,
     operator: Option<&OrgId>,
+    ids: &PublicIds,
 ) -> Result<(), sqlx::Error> {
     let corrupt = |e: StoreError| sqlx::Error::Decode(e.into());
     let mut tx = pool.begin().await?;
@@ -150,7 +153,7 @@ async fn record_telling(
         .fetch_all(&mut *tx)
         .await?;
         for f in &failed {
-            made.extend(f.notice(now).map_err(corrupt)?);
+            made.extend(f.notice(ids, now).map_err(corrupt)?);
         }
     }
     let reason = rules::auto_disable_reason(policy.disable_after);
@@ -360,45 +363,54 @@ pub(super) async fn recover_failed(
     Ok(u64::try_from(queued).unwrap_or(0))
 }
 
-/// Retention in id order: rows are created in id order, so the walk from the oldest
-/// stops at the first row created after `cutoff`. What it keeps on the way (pending,
-/// or finished recently) is walked again next time; everything older is deleted.
+/// Retention by age through indexes of what may go (see `store/sqlite/retention.rs`
+/// for the policy): up to `batch` deliveries finished before `cutoff`, oldest first,
+/// with their attempts; the events among theirs left with no delivery; up to `batch`
+/// events published before `cutoff` that made none; statistics older than `cutoff`.
+/// One transaction, so an event never outlives its last delivery's deletion. Returns
+/// the larger count of deliveries or of those events.
 pub(super) async fn prune(pool: &PgPool, cutoff: Timestamp, batch: u32) -> StoreResult<u64> {
-    let pruned: i64 = sqlx::query_scalar(
-        "WITH head AS (SELECT id, state, created_ms, updated_ms FROM deliveries ORDER BY id LIMIT $2), \
-         young AS (SELECT MIN(id) AS id FROM head WHERE created_ms >= $1), \
-         old AS (SELECT h.id FROM head h, young y \
-                 WHERE (y.id IS NULL OR h.id < y.id) AND h.state <> 'pending' AND h.updated_ms < $1 \
-                 ORDER BY h.id LIMIT $3), \
-         a AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM old)), \
-         d AS (DELETE FROM deliveries WHERE id IN (SELECT id FROM old) RETURNING 1) \
-         SELECT COUNT(*) FROM d",
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "WITH old AS (SELECT id FROM deliveries \
+                 WHERE state <> 'pending' AND updated_ms < $1 ORDER BY updated_ms LIMIT $2), \
+         d AS (DELETE FROM deliveries WHERE id IN (SELECT id FROM old) AND state <> 'pending' \
+               RETURNING id, event_seq), \
+         a AS (DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM d)) \
+         SELECT event_seq FROM d",
     )
     .bind(cutoff.millis())
-    .bind(i64::from(batch) * 4)
     .bind(i64::from(batch))
-    .fetch_one(pool)
+    .fetch_all(&mut *tx)
     .await
     .map_err(map_err)?;
+    let pruned = seqs.len();
+    // The statement above has deleted them, so this one sees which events have none left.
     sqlx::query(
-        "WITH head AS (SELECT seq, created_ms FROM events ORDER BY seq LIMIT $2), \
-         young AS (SELECT MIN(seq) AS seq FROM head WHERE created_ms >= $1) \
-         DELETE FROM events WHERE seq IN (SELECT h.seq FROM head h, young y \
-           WHERE (y.seq IS NULL OR h.seq < y.seq) \
-             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = h.seq) LIMIT $3)",
+        "DELETE FROM events ev WHERE ev.seq = ANY($1) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = ev.seq)",
     )
-    .bind(cutoff.millis())
-    .bind(i64::from(batch) * 4)
-    .bind(i64::from(batch))
-    .execute(pool)
+    .bind(&seqs)
+    .execute(&mut *tx)
     .await
     .map_err(map_err)?;
+    let undelivered = sqlx::query(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events \
+           WHERE deliveries = 0 AND created_ms < $1 ORDER BY created_ms LIMIT $2)",
+    )
+    .bind(cutoff.millis())
+    .bind(i64::from(batch))
+    .execute(&mut *tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
     sqlx::query("DELETE FROM endpoint_stats WHERE bucket_ms < $1")
         .bind(cutoff.millis())
-        .execute(pool)
+        .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-    Ok(u64::try_from(pruned).unwrap_or(0))
+    tx.commit().await.map_err(map_err)?;
+    Ok((pruned as u64).max(undelivered))
 }
 
 pub(super) async fn next_due(pool: &PgPool) -> StoreResult<Option<Timestamp>> {

@@ -8,12 +8,32 @@ impl Store for PgStore {
     fn default_master_key_file(&self) -> Option<PathBuf> {
         None
     }
+
+    fn public_ids(&self) -> &PublicIds {
+        &self.ids
+    }
 }
 
 #[async_trait]
 impl Queue for PgStore {
     async fn publish(&self, batch: PublishBatch) -> StoreResult<PublishResult> {
         publish::publish(&self.pool, batch).await
+    }
+
+    async fn fan_out(&self, org: &OrgId, routes: &[(String, String)]) -> StoreResult<Vec<u64>> {
+        // From the cache while it is trusted (endpoint changes notify every node), else
+        // one read.
+        let Some(cache) = self.cache() else {
+            return publish::fan_out(&self.pool, org, routes).await;
+        };
+        let (cached, generation) = cache.fan_outs(org, routes);
+        if let Some(counts) = cached.iter().copied().collect::<Option<Vec<u64>>>() {
+            return Ok(counts);
+        }
+        let counts = publish::fan_out(&self.pool, org, routes).await?;
+        let read: Vec<_> = routes.iter().zip(counts.iter().copied()).collect();
+        cache.put_fan_outs(org, &read, generation);
+        Ok(counts)
     }
 
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
@@ -41,6 +61,7 @@ impl Queue for PgStore {
             now,
             &policy,
             self.operator.as_ref(),
+            &self.ids,
         )
         .await
     }
@@ -270,7 +291,20 @@ impl Admin for PgStore {
     }
 
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
-        endpoints::create(&self.pool, new, self.operator.as_ref()).await
+        let created = endpoints::create(&self.pool, new, self.operator.as_ref()).await;
+        self.cache.forget_fan_outs(&new.org_id);
+        created
+    }
+
+    async fn create_endpoint_within(
+        &self,
+        new: &NewEndpoint,
+        most: u32,
+    ) -> StoreResult<EndpointRecord> {
+        let created =
+            endpoints::create_within(&self.pool, new, Some(most), self.operator.as_ref()).await;
+        self.cache.forget_fan_outs(&new.org_id);
+        created
     }
 
     async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
@@ -292,11 +326,15 @@ impl Admin for PgStore {
         url: &str,
         patch: &EndpointPatch,
     ) -> StoreResult<EndpointRecord> {
-        endpoints::update(&self.pool, org, url, patch, self.operator.as_ref()).await
+        let updated = endpoints::update(&self.pool, org, url, patch, self.operator.as_ref()).await;
+        self.cache.forget_fan_outs(org);
+        updated
     }
 
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
-        endpoints::delete(&self.pool, org, url, now, self.operator.as_ref()).await
+        let deleted = endpoints::delete(&self.pool, org, url, now, self.operator.as_ref()).await;
+        self.cache.forget_fan_outs(org);
+        deleted
     }
 
     async fn rotate_secret(
@@ -367,6 +405,15 @@ impl Web for PgStore {
 
     async fn revoke_web_session(&self, hash: &KeyHash, now: Timestamp) -> StoreResult<()> {
         web::revoke_session(&self.pool, hash, now).await
+    }
+
+    async fn trim_grant_sessions(
+        &self,
+        grant: &KeyHash,
+        keep: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        web::trim_grant_sessions(&self.pool, grant, keep, now).await
     }
 
     async fn prune_web_sessions(&self, now: Timestamp) -> StoreResult<u64> {

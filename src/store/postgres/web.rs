@@ -73,6 +73,29 @@ pub(super) async fn revoke_session(
     Ok(())
 }
 
+/// The grant's sessions but its `keep` newest live ones (by the `grant_hash` index).
+pub(super) async fn trim_grant_sessions(
+    pool: &PgPool,
+    grant: &KeyHash,
+    keep: u32,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let done = sqlx::query(
+        "UPDATE web_sessions SET revoked_ms = $3 \
+         WHERE grant_hash = $1 AND revoked_ms IS NULL AND hash NOT IN ( \
+           SELECT hash FROM web_sessions \
+           WHERE grant_hash = $1 AND revoked_ms IS NULL AND expires_ms > $3 \
+           ORDER BY created_ms DESC, hash DESC LIMIT $2)",
+    )
+    .bind(grant.0.to_vec())
+    .bind(i64::from(keep))
+    .bind(now.millis())
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(done.rows_affected())
+}
+
 pub(super) async fn prune_sessions(pool: &PgPool, now: Timestamp) -> StoreResult<u64> {
     let done = sqlx::query("DELETE FROM web_sessions WHERE expires_ms < $1 OR revoked_ms < $1")
         .bind(now.millis())

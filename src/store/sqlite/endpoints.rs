@@ -121,6 +121,22 @@ pub(super) fn create(tx: &Connection, new: &NewEndpoint) -> StoreResult<Endpoint
     Ok(endpoint)
 }
 
+/// Refuses a new endpoint when `org` has `most` live ones already (inside the writer's
+/// transaction that creates it: nothing else counts meanwhile).
+pub(super) fn room_for_one(tx: &Connection, org: &OrgId, most: u32) -> StoreResult<()> {
+    let live: i64 = super::sql::scalar(
+        tx,
+        "SELECT COUNT(*) FROM endpoints WHERE org_id = ?1 AND deleted_ms IS NULL",
+        [org.as_str()],
+    )?;
+    if live >= i64::from(most) {
+        return Err(StoreError::Limit(format!(
+            "this org has {live} endpoints, the most it may have (POSTHORN_MAX_ENDPOINTS_PER_ORG is {most}); delete one first"
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn get(conn: &Connection, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
     let mut endpoint = fetch_live(conn, org, url)?;
     load_subscriptions(conn, org, std::slice::from_mut(&mut endpoint))?;
@@ -191,6 +207,10 @@ pub(super) fn update(
     if flow.queued() != current.flow.queued() {
         super::flow::settings_changed(tx, current.uid.0, flow.queued(), patch.now.millis())?;
     }
+    if !patch.enabled {
+        // Switched off: its flow queue fails at once (see `store/flow.rs`).
+        super::flow::drop_held(tx, current.uid.0, patch.now.millis())?;
+    }
     if let Some(event_types) = &patch.event_types {
         write_subscriptions(tx, org, current.uid, event_types)?;
     }
@@ -205,13 +225,16 @@ pub(super) fn delete(
     url: &str,
     now: Timestamp,
 ) -> StoreResult<DeletedRow> {
-    first::<DeletedRow>(
+    let deleted = first::<DeletedRow>(
         conn,
         "UPDATE endpoints SET deleted_ms = ?1, enabled = 0 WHERE org_id = ?2 AND url = ?3 AND deleted_ms IS NULL \
          RETURNING uid, org_id, url",
         params![now.millis(), org.as_str(), url],
     )?
-    .ok_or(StoreError::NotFound)
+    .ok_or(StoreError::NotFound)?;
+    // Its flow queue fails at once (see `store/flow.rs`).
+    super::flow::drop_held(conn, deleted.uid, now.millis())?;
+    Ok(deleted)
 }
 
 pub(super) fn rotate_secret(

@@ -8,8 +8,8 @@ use rusqlite::{params, Connection};
 
 use super::sql::{execute, pairs, rows, scalar};
 use crate::domain::EndpointUid;
-use crate::store::flow::{FlowRow, Wanted, FLOW_COLUMNS, PUMP_BATCH};
-use crate::store::{ClaimRequest, StoreResult};
+use crate::store::flow::{FlowRow, Wanted, DROPPED, FLOW_COLUMNS, PUMP_BATCH};
+use crate::store::{rules, ClaimRequest, StoreResult};
 
 /// Whether the delivery's endpoint has a flow queue (in an UPDATE of `deliveries`).
 pub(super) const QUEUED: &str = "(SELECT e.fifo OR e.rate_limit IS NOT NULL FROM endpoints e \
@@ -33,6 +33,10 @@ pub(super) fn pump(
     )?;
     let mut out = Vec::new();
     for e in ready {
+        if !e.live {
+            drop_held(tx, e.uid, now)?;
+            continue;
+        }
         let left = room
             .entry(e.uid)
             .or_insert_with(|| req.room(EndpointUid(e.uid)));
@@ -85,6 +89,36 @@ pub(super) fn pump(
         out.extend(plan.release);
     }
     Ok(out)
+}
+
+/// Fails at once what waits in the flow queue of `uid`, an endpoint switched off (see
+/// `store/flow.rs`): its held deliveries (none of them is out), counted as failed in
+/// its statistics; they can be recovered. Its queue has nothing more to do. How many.
+pub(super) fn drop_held(tx: &Connection, uid: i64, now: i64) -> StoreResult<u64> {
+    let dropped = execute(
+        tx,
+        "UPDATE deliveries SET state = 'failed', held = 0, last_error = ?3, updated_ms = ?2 \
+         WHERE endpoint_uid = ?1 AND held AND state = 'pending'",
+        params![uid, now, DROPPED],
+    )?;
+    if dropped > 0 {
+        execute(
+            tx,
+            "INSERT INTO endpoint_stats (endpoint_uid, bucket_ms, delivered, failed) VALUES (?1, ?2, 0, ?3) \
+             ON CONFLICT (endpoint_uid, bucket_ms) DO UPDATE SET failed = failed + excluded.failed",
+            params![
+                uid,
+                rules::stats_bucket(crate::domain::Timestamp::from_millis(now)),
+                dropped as i64
+            ],
+        )?;
+    }
+    execute(
+        tx,
+        "UPDATE endpoints SET flow_next_ms = NULL, flow_busy = NULL WHERE uid = ?1",
+        [uid],
+    )?;
+    Ok(dropped as u64)
 }
 
 /// Tells the flow queue of `uid` (if it has one) to be looked at by `at` at the latest.

@@ -70,6 +70,16 @@ const MIGRATIONS: &[Migration] = &[
         description: "web",
         sql: include_str!("../../../migrations/sqlite/0010_web.sql"),
     },
+    Migration {
+        version: 11,
+        description: "retention by age",
+        sql: include_str!("../../../migrations/sqlite/0011_retention_by_age.sql"),
+    },
+    Migration {
+        version: 12,
+        description: "delivery ids",
+        sql: include_str!("../../../migrations/sqlite/0012_delivery_ids.sql"),
+    },
 ];
 
 pub(super) fn run(conn: &mut Connection) -> anyhow::Result<()> {

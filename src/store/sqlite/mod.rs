@@ -7,8 +7,8 @@
 //! wait for the writer. A file is served by one `posthorn serve` at a time (it holds
 //! `<database>.lock`), so caches of what only this process changes are exact, and the
 //! leases found at start belong to a process that is gone. Other processes on the file
-//! (the `keys create` command) only add keys, waiting on the busy timeout. The database
-//! and the master key file beside it are created mode 0600.
+//! (the `keys create` command) only add keys, waiting on the busy timeout. The database,
+//! the master key file and the lock file beside it are created mode 0600.
 
 mod admin;
 pub mod backup;
@@ -44,7 +44,9 @@ use super::{
     Queue, Store, StoreResult, SubcategoryRecord, WindowCounts,
 };
 use super::{BucketCounts, OrgDeliveryFilter, Web, WebSessionRecord};
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, Timestamp};
+use crate::domain::{
+    ClaimToken, DeliveryId, EndpointUid, EventId, KeyHash, OrgId, PublicIds, Timestamp,
+};
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -56,6 +58,8 @@ pub struct SqliteStore {
     _lock: Option<File>,
     /// Where operational events are stored besides their own org.
     operator: Option<OrgId>,
+    /// How delivery ids are spelled outside (shared with the writer's notices).
+    ids: Arc<PublicIds>,
 }
 
 /// The file an SQLite URL names (`sqlite://FILE` or `sqlite:FILE`, options after `?`
@@ -96,21 +100,21 @@ fn create_private(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Takes an exclusive lock on `<database>.lock`: a second `serve` on the same file
-/// would void this one's leases and miss its cache updates.
+/// Takes an exclusive lock on `<database>.lock` (created mode 0600, like the database):
+/// a second `serve` on the same file would void this one's leases and miss its cache
+/// updates.
 fn lock(db: &Path) -> anyhow::Result<File> {
     let path = beside(db, ".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| {
-            format!(
-                "cannot open the SQLite database's lock file {}",
-                path.display()
-            )
-        })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).with_context(|| {
+        format!(
+            "cannot open the SQLite database's lock file {}",
+            path.display()
+        )
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
@@ -148,23 +152,36 @@ impl SqliteStore {
         let path = file_of(url)?;
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<(Connection, Option<File>)> {
-                create_private(&path)?;
-                let lock = match access {
-                    Access::Serve => Some(lock(&path)?),
-                    Access::Tool => None,
-                };
-                let conn = open_writer(&path)?;
-                if access == Access::Serve {
-                    queue::expire_leases(&conn, Timestamp::now())
-                        .context("ending the leases of the previous process")?;
-                }
-                Ok((conn, lock))
-            })
+            tokio::task::spawn_blocking(
+                move || -> anyhow::Result<(Connection, Option<File>, PublicIds)> {
+                    create_private(&path)?;
+                    let lock = match access {
+                        Access::Serve => Some(lock(&path)?),
+                        Access::Tool => None,
+                    };
+                    let conn = open_writer(&path)?;
+                    if access == Access::Serve {
+                        queue::expire_leases(&conn, Timestamp::now())
+                            .context("ending the leases of the previous process")?;
+                    }
+                    let meta = |key: &str| -> anyhow::Result<Vec<u8>> {
+                        Ok(
+                            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                                r.get(0)
+                            })?,
+                        )
+                    };
+                    let ids = super::public_ids_from(
+                        &meta("delivery_id_key")?,
+                        &meta("legacy_delivery_ids_upto")?,
+                    )?;
+                    Ok((conn, lock, ids))
+                },
+            )
             .await
             .context("opening the SQLite database")??
         };
-        let (conn, lock) = opened;
+        let (conn, lock, ids) = opened;
         let wake = Arc::new(Notify::new());
         Ok(Self {
             writer: Writer::start(conn, wake.clone())?,
@@ -174,6 +191,7 @@ impl SqliteStore {
             wake,
             _lock: lock,
             operator,
+            ids: Arc::new(ids),
         })
     }
 }

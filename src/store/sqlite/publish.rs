@@ -8,11 +8,12 @@ use rusqlite::{params, Connection};
 use super::flow;
 use super::sql::{execute, first, rows, scalar};
 use super::thread::{Caches, RouteKey, Write};
-use crate::domain::{DeliveryId, EventId};
+use crate::domain::{DeliveryId, EventId, OrgId};
 use crate::store::rows::{PriorEventRow, TargetRow, TARGET_COLUMNS};
 use crate::store::rules::Deduped;
 use crate::store::{
     Claimed, NewEvent, Payload, PublishBatch, PublishResult, Published, StoreResult, Target,
+    WILDCARD,
 };
 
 /// The live, enabled endpoints a route fans out to (subscribed to the event type, or
@@ -41,6 +42,29 @@ fn route(conn: &Connection, caches: &mut Caches, ev: &NewEvent) -> StoreResult<A
     .collect::<StoreResult<_>>()?;
     caches.routes.insert(key, targets.clone());
     Ok(targets)
+}
+
+/// How many deliveries an event of each route (type, subcategory) of `org` would make:
+/// its endpoints subscribed to everything (one wildcard row each, never beside rows of
+/// their own types: `endpoints.rs`) plus those subscribed to it, as [`route`] finds
+/// them. On a read connection, so a count never waits for the writer.
+pub(super) fn fan_out(
+    conn: &Connection,
+    org: &OrgId,
+    routes: &[(String, String)],
+) -> StoreResult<Vec<u64>> {
+    const COUNT: &str =
+        "SELECT COUNT(*) FROM endpoint_event_types t JOIN endpoints e ON e.uid = t.endpoint_uid \
+        WHERE t.org_id = ?1 AND t.event_name = ?2 AND t.subcategory = ?3 \
+          AND e.enabled = 1 AND e.deleted_ms IS NULL";
+    let everything: i64 = scalar(conn, COUNT, params![org.as_str(), WILDCARD, ""])?;
+    routes
+        .iter()
+        .map(|(name, sub)| {
+            let own: i64 = scalar(conn, COUNT, params![org.as_str(), name, sub])?;
+            Ok(u64::try_from(everything + own).unwrap_or(0))
+        })
+        .collect()
 }
 
 /// An earlier event with this idempotency key still inside the window: its answer.

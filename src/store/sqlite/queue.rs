@@ -11,7 +11,7 @@ use super::sql::{execute, first, pairs, rows};
 use super::thread::{Caches, Write};
 use super::{flow, notices};
 use crate::domain::notice::Notice;
-use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, Timestamp};
+use crate::domain::{ClaimToken, DeliveryId, EndpointUid, OrgId, PublicIds, Timestamp};
 use crate::store::notices::{FailedRow, StandingRow, FAILED_COLUMNS};
 use crate::store::rows::{TargetRow, TARGET_COLUMNS};
 use crate::store::rules;
@@ -162,6 +162,7 @@ pub(super) fn record_attempts(
     now: Timestamp,
     policy: &HealthPolicy,
     operator: Option<&OrgId>,
+    ids: &PublicIds,
 ) -> StoreResult<()> {
     let tx = w.conn;
     let mut finished: HashMap<EndpointUid, (i64, i64)> = HashMap::new();
@@ -234,7 +235,7 @@ pub(super) fn record_attempts(
                 ),
                 [r.delivery.0],
             )?;
-            if let Some(notice) = failed.map(|f| f.notice(now)).transpose()?.flatten() {
+            if let Some(notice) = failed.map(|f| f.notice(ids, now)).transpose()?.flatten() {
                 made.push(notice);
             }
         }

@@ -1,5 +1,12 @@
 //! Retention on SQLite, on the writer thread.
+//!
+//! Policy: what goes is chosen by age through indexes of what may go, never by walking
+//! the tables from their oldest rows, so pending work (however much, in whichever org)
+//! holds back nothing but itself. Finished deliveries go by when they finished
+//! (`deliveries_finished`), an event with the last of its deliveries, and an event that
+//! made no delivery by when it was published (`events_undelivered`).
 
+use rusqlite::params;
 use serde::Deserialize;
 
 use super::sql::{execute, rows};
@@ -12,31 +19,25 @@ fn json_ids(ids: impl Iterator<Item = i64>) -> StoreResult<String> {
 }
 
 #[derive(Deserialize)]
-struct AgeRow {
+struct FinishedRow {
     id: i64,
-    finished: bool,
-    created_ms: i64,
-    updated_ms: i64,
+    event_seq: i64,
 }
 
-/// Retention in id order: rows are created in id order, so the walk from the oldest
-/// stops at the first row created after `cutoff`. What it keeps on the way (pending,
-/// or finished recently) is walked again next time; everything older is deleted.
+/// Deletes up to `batch` deliveries finished before `cutoff` (oldest first) with their
+/// attempts, the events among theirs left with no delivery, up to `batch` events
+/// published before `cutoff` that made none, and statistics older than `cutoff`.
+/// Returns the larger count of deliveries or of those events, so the caller goes on
+/// while either may have more.
 pub(super) fn prune(w: &mut Write<'_>, cutoff: Timestamp, batch: u32) -> StoreResult<u64> {
     let tx = w.conn;
-    let scan = i64::from(batch) * 4;
-    let old: Vec<i64> = rows::<AgeRow>(
+    let old = rows::<FinishedRow>(
         tx,
-        "SELECT id, state <> 'pending' AS finished, created_ms, updated_ms FROM deliveries ORDER BY id LIMIT ?1",
-        [scan],
-    )?
-    .into_iter()
-    .take_while(|r| r.created_ms < cutoff.millis())
-    .filter(|r| r.finished && r.updated_ms < cutoff.millis())
-    .map(|r| r.id)
-    .take(batch as usize)
-    .collect();
-    let ids = json_ids(old.iter().copied())?;
+        "SELECT id, event_seq FROM deliveries INDEXED BY deliveries_finished \
+         WHERE state <> 'pending' AND updated_ms < ?1 ORDER BY updated_ms LIMIT ?2",
+        params![cutoff.millis(), batch],
+    )?;
+    let ids = json_ids(old.iter().map(|r| r.id))?;
     execute(
         tx,
         "DELETE FROM attempts WHERE delivery_id IN (SELECT value FROM json_each(?1))",
@@ -47,29 +48,27 @@ pub(super) fn prune(w: &mut Write<'_>, cutoff: Timestamp, batch: u32) -> StoreRe
         "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?1))",
         [&ids],
     )?;
-    let events: Vec<i64> = rows::<AgeRow>(
-        tx,
-        "SELECT ev.seq AS id, NOT EXISTS (SELECT 1 FROM deliveries d \
-             WHERE d.id BETWEEN ev.first_delivery AND ev.last_delivery AND d.event_seq = ev.seq) AS finished, \
-           ev.created_ms, ev.created_ms AS updated_ms \
-         FROM events ev ORDER BY ev.seq LIMIT ?1",
-        [scan],
-    )?
-    .into_iter()
-    .take_while(|r| r.created_ms < cutoff.millis())
-    .filter(|r| r.finished)
-    .map(|r| r.id)
-    .take(batch as usize)
-    .collect();
+    // An event goes with its last delivery (its deliveries are its id range).
+    let mut seqs: Vec<i64> = old.iter().map(|r| r.event_seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
     execute(
         tx,
-        "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1))",
-        [json_ids(events.into_iter())?],
+        "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?1)) \
+           AND NOT EXISTS (SELECT 1 FROM deliveries d \
+             WHERE d.id BETWEEN events.first_delivery AND events.last_delivery AND d.event_seq = events.seq)",
+        [json_ids(seqs.into_iter())?],
+    )?;
+    let undelivered = execute(
+        tx,
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_undelivered \
+           WHERE deliveries = 0 AND created_ms < ?1 ORDER BY created_ms LIMIT ?2)",
+        params![cutoff.millis(), batch],
     )?;
     execute(
         tx,
         "DELETE FROM endpoint_stats WHERE bucket_ms < ?1",
         [cutoff.millis()],
     )?;
-    Ok(pruned as u64)
+    Ok(pruned.max(undelivered) as u64)
 }

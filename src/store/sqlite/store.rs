@@ -13,6 +13,10 @@ impl Store for SqliteStore {
     fn write_concurrency(&self) -> usize {
         4
     }
+
+    fn public_ids(&self) -> &PublicIds {
+        &self.ids
+    }
 }
 
 #[async_trait]
@@ -30,6 +34,22 @@ impl Queue for SqliteStore {
             .await
     }
 
+    async fn fan_out(&self, org: &OrgId, routes: &[(String, String)]) -> StoreResult<Vec<u64>> {
+        // From the cache (every endpoint change forgets the org's), else one read.
+        let (cached, generation) = self.cache.fan_outs(org, routes);
+        if let Some(counts) = cached.iter().copied().collect::<Option<Vec<u64>>>() {
+            return Ok(counts);
+        }
+        let (owned_org, owned) = (org.clone(), routes.to_vec());
+        let counts = self
+            .readers
+            .run(move |c| publish::fan_out(c, &owned_org, &owned))
+            .await?;
+        let read: Vec<_> = routes.iter().zip(counts.iter().copied()).collect();
+        self.cache.put_fan_outs(org, &read, generation);
+        Ok(counts)
+    }
+
     async fn claim_due(&self, request: &ClaimRequest) -> StoreResult<Vec<Claimed>> {
         let request = request.clone();
         self.writer
@@ -44,9 +64,10 @@ impl Queue for SqliteStore {
         policy: HealthPolicy,
     ) -> StoreResult<()> {
         let operator = self.operator.clone();
+        let ids = self.ids.clone();
         self.writer
             .run(false, move |w| {
-                queue::record_attempts(w, &records, now, &policy, operator.as_ref())
+                queue::record_attempts(w, &records, now, &policy, operator.as_ref(), &ids)
             })
             .await
     }
@@ -353,7 +374,9 @@ impl Admin for SqliteStore {
 
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
         let (new, operator) = (new.clone(), self.operator.clone());
-        self.writer
+        let org = new.org_id.clone();
+        let created = self
+            .writer
             .run(true, move |w| {
                 w.caches.endpoints_changed();
                 let endpoint = endpoints::create(w.conn, &new)?;
@@ -361,7 +384,31 @@ impl Admin for SqliteStore {
                 notices::store(w, &made, operator.as_ref(), new.now)?;
                 Ok(endpoint)
             })
-            .await
+            .await;
+        self.cache.forget_fan_outs(&org);
+        created
+    }
+
+    async fn create_endpoint_within(
+        &self,
+        new: &NewEndpoint,
+        most: u32,
+    ) -> StoreResult<EndpointRecord> {
+        let (new, operator) = (new.clone(), self.operator.clone());
+        let org = new.org_id.clone();
+        let created = self
+            .writer
+            .run(true, move |w| {
+                endpoints::room_for_one(w.conn, &new.org_id, most)?;
+                w.caches.endpoints_changed();
+                let endpoint = endpoints::create(w.conn, &new)?;
+                let made = told::endpoint_saved(None, &endpoint, new.now);
+                notices::store(w, &made, operator.as_ref(), new.now)?;
+                Ok(endpoint)
+            })
+            .await;
+        self.cache.forget_fan_outs(&org);
+        created
     }
 
     async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {
@@ -391,7 +438,9 @@ impl Admin for SqliteStore {
     ) -> StoreResult<EndpointRecord> {
         let (org, url, patch) = (org.clone(), url.to_owned(), patch.clone());
         let operator = self.operator.clone();
-        self.writer
+        let changed_org = org.clone();
+        let updated = self
+            .writer
             .run(true, move |w| {
                 w.caches.endpoints_changed();
                 let (before, after) = endpoints::update(w.conn, &org, &url, &patch)?;
@@ -399,19 +448,25 @@ impl Admin for SqliteStore {
                 notices::store(w, &made, operator.as_ref(), patch.now)?;
                 Ok(after)
             })
-            .await
+            .await;
+        self.cache.forget_fan_outs(&changed_org);
+        updated
     }
 
     async fn delete_endpoint(&self, org: &OrgId, url: &str, now: Timestamp) -> StoreResult<()> {
         let (org, url, operator) = (org.clone(), url.to_owned(), self.operator.clone());
-        self.writer
+        let changed_org = org.clone();
+        let deleted = self
+            .writer
             .run(true, move |w| {
                 w.caches.endpoints_changed();
                 let deleted = endpoints::delete(w.conn, &org, &url, now)?;
                 let made = [told::endpoint_deleted(&deleted, now)?];
                 notices::store(w, &made, operator.as_ref(), now)
             })
-            .await
+            .await;
+        self.cache.forget_fan_outs(&changed_org);
+        deleted
     }
 
     async fn rotate_secret(

@@ -87,6 +87,20 @@ impl Web for SqliteStore {
             .await
     }
 
+    async fn trim_grant_sessions(
+        &self,
+        grant: &KeyHash,
+        keep: u32,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let grant = *grant;
+        self.writer
+            .run(true, move |w| {
+                web::trim_grant_sessions(w.conn, &grant, keep, now)
+            })
+            .await
+    }
+
     async fn prune_web_sessions(&self, now: Timestamp) -> StoreResult<u64> {
         self.writer
             .run(true, move |w| web::prune_sessions(w.conn, now))

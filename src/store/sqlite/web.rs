@@ -66,6 +66,25 @@ pub(super) fn revoke_session(conn: &Connection, hash: &KeyHash, now: Timestamp) 
     Ok(())
 }
 
+/// The grant's sessions but its `keep` newest live ones (by the `grant_hash` index).
+pub(super) fn trim_grant_sessions(
+    conn: &Connection,
+    grant: &KeyHash,
+    keep: u32,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    let n = execute(
+        conn,
+        "UPDATE web_sessions SET revoked_ms = ?3 \
+         WHERE grant_hash = ?1 AND revoked_ms IS NULL AND hash NOT IN ( \
+           SELECT hash FROM web_sessions \
+           WHERE grant_hash = ?1 AND revoked_ms IS NULL AND expires_ms > ?3 \
+           ORDER BY created_ms DESC, hash DESC LIMIT ?2)",
+        params![grant.0.as_slice(), i64::from(keep), now.millis()],
+    )?;
+    Ok(n as u64)
+}
+
 pub(super) fn prune_sessions(conn: &Connection, now: Timestamp) -> StoreResult<u64> {
     let n = execute(
         conn,

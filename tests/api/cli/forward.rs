@@ -1,6 +1,6 @@
 //! `posthorn listen --forward-to`: a server's deliveries reach a local app over the
 //! CLI's outbound connection, the app's answers are the attempts' outcomes in the log,
-//! and the temporary endpoint goes away with the connection.
+//! and the temporary endpoint goes away with the connection, or with its key.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -199,4 +199,87 @@ async fn the_listen_host_is_not_an_endpoint_of_anyone_s_own() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "invalid_field");
+}
+
+#[tokio::test]
+async fn revoking_its_key_ends_a_listen_at_once_and_removes_its_endpoint() {
+    let db = TestDb::new().await;
+    let server = server(&db).await;
+    let app = TestReceiver::start().await;
+    let (status, made) = server
+        .call(
+            Method::POST,
+            "/webhooks/v1/keys",
+            Some(KEY),
+            Some(&json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().expect("key");
+    let mut cmd = posthorn(db.dir.path());
+    cmd.args([
+        "listen",
+        "--forward-to",
+        &app.url("/app"),
+        "--url",
+        &server.base,
+        "--key",
+        key,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("listen starts");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let pipe = child.stdout.take().expect("stdout");
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().expect("lock").push(line);
+        }
+    });
+    let endpoint = line_with(&lines, "Temporary endpoint ").await;
+    let endpoint = endpoint
+        .trim_start_matches("Temporary endpoint ")
+        .to_owned();
+    let revoked = Instant::now();
+    let (status, answer) = server
+        .call(
+            Method::DELETE,
+            &format!("/webhooks/v1/keys/{}", made["id"].as_str().expect("id")),
+            Some(KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let exited = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    assert!(exited.is_ok(), "posthorn listen went on with a revoked key");
+    assert!(revoked.elapsed() < Duration::from_secs(3));
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            "/webhooks/v1/events",
+            Some(KEY),
+            Some(&json!({"eventName": "note.created", "data": {}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = server
+            .call(
+                Method::GET,
+                &format!("/webhooks/v1/endpoints/{endpoint}"),
+                Some(KEY),
+                None,
+            )
+            .await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the temporary endpoint stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.received("/app").is_empty());
 }
