@@ -28,26 +28,23 @@
 //! (off the async workers, a bounded share per org) is [`checks`]'.
 
 pub mod checks;
+mod clock;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Instant;
 
-use jsonschema::{Draft, Keyword, PatternOptions, ValidationError};
+use jsonschema::{Draft, PatternOptions, ValidationError};
 use serde_json::{Map, Value};
 
 pub use checks::SchemaChecks;
+use clock::{with_clock, Armed, Clock, CLOCK};
 
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 pub const MAX_EXPANDED_NODES: usize = 10_000;
 pub const MAX_PATTERNS: usize = 100;
 /// Longest message of one mismatch (jsonschema may quote the whole value).
 const MAX_MESSAGE: usize = 300;
-/// The keyword put into every subschema of the compiled copy: it looks at the clock.
-const CLOCK: &str = "x-posthorn-deadline";
-/// Subschemas entered between two looks at the clock.
-const CLOCK_EVERY: u32 = 64;
 
 /// Why a check within a deadline did not pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +138,7 @@ impl EventSchema {
     pub fn check_within(&self, data: &Value, deadline: Instant) -> Result<(), CheckError> {
         let _armed = Armed::new(deadline);
         let result = self.validator.validate(data);
-        if DEADLINE_PASSED.get() {
+        if clock::passed() {
             return Err(CheckError::OutOfTime);
         }
         result.map_err(|e| CheckError::Mismatch(mismatch(&e)))
@@ -155,116 +152,6 @@ fn mismatch(e: &ValidationError<'_>) -> String {
         short(&e.to_string()),
         pointer(&e.schema_path().to_string())
     )
-}
-
-thread_local! {
-    /// The deadline of the check running on this thread, if it has one.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// Whether the running check saw its deadline pass.
-    static DEADLINE_PASSED: Cell<bool> = const { Cell::new(false) };
-    /// Subschemas entered since the clock was last read.
-    static TICKS: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Sets this thread's deadline for one check; clears it when dropped (also on panic).
-struct Armed;
-
-impl Armed {
-    fn new(deadline: Instant) -> Self {
-        DEADLINE.set(Some(deadline));
-        DEADLINE_PASSED.set(false);
-        TICKS.set(0);
-        Self
-    }
-}
-
-impl Drop for Armed {
-    fn drop(&mut self) {
-        DEADLINE.set(None);
-    }
-}
-
-/// Whether the running check may go on: false from its deadline on.
-fn in_time() -> bool {
-    let Some(deadline) = DEADLINE.get() else {
-        return true;
-    };
-    if DEADLINE_PASSED.get() {
-        return false;
-    }
-    let ticks = TICKS.get().wrapping_add(1);
-    TICKS.set(ticks);
-    if ticks.is_multiple_of(CLOCK_EVERY) && Instant::now() >= deadline {
-        DEADLINE_PASSED.set(true);
-        return false;
-    }
-    true
-}
-
-/// The [`CLOCK`] keyword: a subschema entered past the deadline fails at once, so the
-/// validator unwinds in about as many steps as it is deep.
-struct Clock;
-
-impl<'i> Keyword<'i> for Clock {
-    fn validate(&self, _: &'i Value) -> Result<(), ValidationError<'i>> {
-        if in_time() {
-            Ok(())
-        } else {
-            Err(ValidationError::custom("the check ran out of time"))
-        }
-    }
-
-    fn is_valid(&self, _: &'i Value) -> bool {
-        in_time()
-    }
-}
-
-/// Puts [`CLOCK`] into every subschema of `schema` the validator can enter: those of
-/// the applicators of draft 2020-12 and `$defs`, and the objects under keywords it
-/// does not know (a `$ref` may point there). The values of the keywords it knows and
-/// reads as data (`const`, `enum`, `dependentRequired`, ...) are left as they are.
-fn with_clock(schema: &mut Value) {
-    let Value::Object(map) = schema else {
-        return;
-    };
-    for (key, value) in map.iter_mut() {
-        match key.as_str() {
-            "additionalProperties"
-            | "contains"
-            | "contentSchema"
-            | "else"
-            | "if"
-            | "items"
-            | "not"
-            | "propertyNames"
-            | "then"
-            | "unevaluatedItems"
-            | "unevaluatedProperties" => with_clock(value),
-            "allOf" | "anyOf" | "oneOf" | "prefixItems" => {
-                if let Value::Array(items) = value {
-                    items.iter_mut().for_each(with_clock);
-                }
-            }
-            "$defs" | "definitions" | "dependentSchemas" | "patternProperties" | "properties" => {
-                if let Value::Object(members) = value {
-                    members.values_mut().for_each(with_clock);
-                }
-            }
-            key if Draft::Draft202012.is_known_keyword(key)
-                || matches!(key, "$vocabulary" | "$comment" | CLOCK) => {}
-            _ => clock_all(value),
-        }
-    }
-    map.insert(CLOCK.to_owned(), Value::Bool(true));
-}
-
-/// [`with_clock`] on every object in `value`.
-fn clock_all(value: &mut Value) {
-    match value {
-        Value::Object(_) => with_clock(value),
-        Value::Array(items) => items.iter_mut().for_each(clock_all),
-        _ => {}
-    }
 }
 
 /// `text` cut to [`MAX_MESSAGE`] characters.

@@ -19,6 +19,33 @@ impl Store for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// A new endpoint, unless `most` is given and its org has that many live already.
+    async fn create_endpoint_in(
+        &self,
+        new: &NewEndpoint,
+        most: Option<u32>,
+    ) -> StoreResult<EndpointRecord> {
+        let (new, operator) = (new.clone(), self.operator.clone());
+        let org = new.org_id.clone();
+        let created = self
+            .writer
+            .run(true, move |w| {
+                if let Some(most) = most {
+                    endpoints::room_for_one(w.conn, &new.org_id, most)?;
+                }
+                w.caches.endpoints_changed();
+                let endpoint = endpoints::create(w.conn, &new)?;
+                let made = told::endpoint_saved(None, &endpoint, new.now);
+                notices::store(w, &made, operator.as_ref(), new.now)?;
+                Ok(endpoint)
+            })
+            .await;
+        self.cache.forget_fan_outs(&org);
+        created
+    }
+}
+
 #[async_trait]
 impl Queue for SqliteStore {
     async fn publish(&self, batch: PublishBatch) -> StoreResult<PublishResult> {
@@ -373,20 +400,7 @@ impl Admin for SqliteStore {
     }
 
     async fn create_endpoint(&self, new: &NewEndpoint) -> StoreResult<EndpointRecord> {
-        let (new, operator) = (new.clone(), self.operator.clone());
-        let org = new.org_id.clone();
-        let created = self
-            .writer
-            .run(true, move |w| {
-                w.caches.endpoints_changed();
-                let endpoint = endpoints::create(w.conn, &new)?;
-                let made = told::endpoint_saved(None, &endpoint, new.now);
-                notices::store(w, &made, operator.as_ref(), new.now)?;
-                Ok(endpoint)
-            })
-            .await;
-        self.cache.forget_fan_outs(&org);
-        created
+        self.create_endpoint_in(new, None).await
     }
 
     async fn create_endpoint_within(
@@ -394,21 +408,7 @@ impl Admin for SqliteStore {
         new: &NewEndpoint,
         most: u32,
     ) -> StoreResult<EndpointRecord> {
-        let (new, operator) = (new.clone(), self.operator.clone());
-        let org = new.org_id.clone();
-        let created = self
-            .writer
-            .run(true, move |w| {
-                endpoints::room_for_one(w.conn, &new.org_id, most)?;
-                w.caches.endpoints_changed();
-                let endpoint = endpoints::create(w.conn, &new)?;
-                let made = told::endpoint_saved(None, &endpoint, new.now);
-                notices::store(w, &made, operator.as_ref(), new.now)?;
-                Ok(endpoint)
-            })
-            .await;
-        self.cache.forget_fan_outs(&org);
-        created
+        self.create_endpoint_in(new, Some(most)).await
     }
 
     async fn get_endpoint(&self, org: &OrgId, url: &str) -> StoreResult<EndpointRecord> {

@@ -83,6 +83,18 @@ async fn a_new_url_does_not_get_the_old_urls_custom_headers() {
     assert!(same.header("warning").is_empty());
 }
 
+/// A server and a receiver, with an endpoint at the receiver's `/n`: its id.
+async fn with_endpoint() -> (TestApp, TestReceiver, String) {
+    let app = app().await;
+    let rx = TestReceiver::start().await;
+    let resp = app
+        .post(EP, &json!({"url": rx.url("/n"), "secret": "s3cret-value"}))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text);
+    let id = resp.body["id"].as_str().expect("id").to_owned();
+    (app, rx, id)
+}
+
 /// POSTs `body` as it is written (JSON text a `Value` could not hold) as the admin.
 async fn post_text(app: &TestApp, path: &str, body: String) -> Resp {
     let req = app
@@ -105,12 +117,7 @@ async fn delivered_data(rx: &TestReceiver, n: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn numbers_arrive_with_every_digit_published() {
-    let app = app().await;
-    let rx = TestReceiver::start().await;
-    let resp = app
-        .post(EP, &json!({"url": rx.url("/n"), "secret": "s3cret-value"}))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
+    let (app, rx, _) = with_endpoint().await;
 
     let data = r#"{"big": 123456789012345678901234567890, "neg": -98765432109876543210987,
         "fraction": 0.10000000000000000000000001, "money": 19.90, "list": [18446744073709551616]}"#;
@@ -136,12 +143,7 @@ async fn numbers_arrive_with_every_digit_published() {
 
 #[tokio::test]
 async fn a_key_given_twice_is_refused_and_nothing_is_stored() {
-    let app = app().await;
-    let rx = TestReceiver::start().await;
-    let resp = app
-        .post(EP, &json!({"url": rx.url("/n"), "secret": "s3cret-value"}))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
+    let (app, rx, _) = with_endpoint().await;
 
     let twice = r#"{"eventName": "note.created", "data": {"order": {"total": 1, "total": 1000}}}"#;
     let resp = post_text(&app, "/webhooks/v1/events", twice.to_owned()).await;
@@ -179,13 +181,7 @@ async fn a_key_given_twice_is_refused_and_nothing_is_stored() {
 /// its `delivery.failed` events) says nothing of how many the other made.
 #[tokio::test]
 async fn ids_and_tokens_do_not_count_other_orgs_deliveries() {
-    let app = app().await;
-    let rx = TestReceiver::start().await;
-    let resp = app
-        .post(EP, &json!({"url": rx.url("/n"), "secret": "s3cret-value"}))
-        .await;
-    assert_eq!(resp.status, 200, "{}", resp.text);
-    let endpoint = resp.body["id"].as_str().expect("id").to_owned();
+    let (app, _rx, endpoint) = with_endpoint().await;
     let publish = json!({"eventName": "note.created", "data": {}});
     let mut ids = Vec::new();
     for _ in 0..3 {
