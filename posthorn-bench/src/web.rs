@@ -67,6 +67,28 @@ async fn sign_in(conn: &mut Conn) -> anyhow::Result<String> {
     cookie(&resp, "posthorn_console")
 }
 
+/// The path of the org's log page `rows` deliveries back, reached as a person would:
+/// by its "Older" links (positions are opaque tokens, never row numbers).
+async fn halfway_back(conn: &mut Conn, session: &str, rows: usize) -> anyhow::Result<String> {
+    let mut path = "/console/log".to_owned();
+    let mut passed = 0;
+    while passed < rows {
+        let resp = conn
+            .send(Request::get(path.as_str()).header("cookie", session))
+            .await?;
+        anyhow::ensure!(resp.status() == 200, "{path} answered {}", resp.status());
+        let body = String::from_utf8_lossy(resp.body());
+        passed += body.matches("/deliveries/dlv_").count();
+        let before = body
+            .split("before=")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .ok_or_else(|| anyhow::anyhow!("{path} has no older page"))?;
+        path = format!("/console/log?before={before}");
+    }
+    Ok(path)
+}
+
 async fn time(conn: &mut Conn, path: &str, session: &str, must: &str) -> anyhow::Result<Timing> {
     let mut took = Vec::with_capacity(SAMPLES);
     for i in 0..SAMPLES + 2 {
@@ -115,18 +137,14 @@ pub async fn run(api: SocketAddr, deliveries: usize) -> anyhow::Result<WebPages>
     let mut conn = Conn::open(api).await?;
     let session = sign_in(&mut conn).await?;
     let endpoint = history_endpoint(&mut conn).await?;
-    let middle = deliveries / 2;
+    let middle = halfway_back(&mut conn, &session, deliveries / 2).await?;
     let pages: [(&'static str, String, &str); 8] = [
         (
             "org delivery log, newest page",
             "/console/log".into(),
             "dlv_",
         ),
-        (
-            "org delivery log, a page halfway back",
-            format!("/console/log?before={middle}"),
-            "dlv_",
-        ),
+        ("org delivery log, a page halfway back", middle, "dlv_"),
         (
             "org delivery log, a filter matching nothing",
             "/console/log?state=failed".into(),

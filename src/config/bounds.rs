@@ -45,7 +45,7 @@ pub struct ValidationConfig {
     pub budget: Duration,
 
     /// Schema checks at once, on threads off the async workers (one org gets half of
-    /// them, at least one). Default: the number of cores, at least 2.
+    /// them, at least one). Default: twice the number of cores.
     #[arg(long = "validation-threads", env = "POSTHORN_VALIDATION_THREADS")]
     pub threads: Option<usize>,
 }

@@ -59,10 +59,11 @@ impl SchemaChecks {
         }
     }
 
-    /// The default number of checks at once: the machine's cores, at least 2 (so
-    /// that one org's share is less than all of them).
+    /// The default number of checks at once: twice the machine's cores, so that one
+    /// org's share (half) can keep every core busy while another org still finds
+    /// room; the checks run on threads of their own, never on the async workers.
     pub fn default_threads() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+        std::thread::available_parallelism().map_or(4, |n| 2 * n.get())
     }
 
     /// A request's budget.
