@@ -7,7 +7,9 @@
 //!   deliveries, counted from the org's routes before anything is stored
 //!   (`Queue::fan_out`); past it the request is answered 422 `limit_exceeded` and
 //!   nothing is stored;
-//! - at most that many deliveries of one org wait for a commit or are in one at once:
+//! - at most twice that many deliveries of one org wait for a commit or are in one at
+//!   once (one group commits while the next gathers, so a fanning-out org still keeps
+//!   the writer busy):
 //!   a request takes its count from its org's semaphore (first come, first served)
 //!   before it reaches the publisher, and gives it back when its commit has ended
 //!   (also when its client has gone), so an org's big fan-outs queue behind each
@@ -17,8 +19,8 @@
 //!   publish of another org never shares a transaction with more than that.
 //!
 //! The default bound (20,000) is one commit of well under a second on SQLite on a small
-//! machine, which is then about the longest another org's publish waits behind one org
-//! that fans out as much as it may.
+//! machine; another org's publish waits behind at most the two commits one org that
+//! fans out as much as it may can have queued.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -133,7 +135,7 @@ impl FanOut {
         let budget = self
             .lock()
             .entry(org.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.most as usize)))
+            .or_insert_with(|| Arc::new(Semaphore::new(2 * self.most as usize)))
             .clone();
         let mut hold = Hold {
             permit: None,
